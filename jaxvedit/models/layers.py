@@ -1,0 +1,311 @@
+"""Building blocks shared by the UNet, VAE and ControlNet ports (channels-last, NNX).
+
+Each class mirrors the diffusers module of the same name; attribute names match diffusers'
+so PyTorch state dicts load by path (see :mod:`jaxvedit.models.weights`). Every module that
+diffusers users hook (attention, transformer blocks, resnets) carries its diffusers module path
+in ``self.path`` and passes its output through :func:`jaxvedit.models.hooks.emit`.
+
+Numerics follow PyTorch: GroupNorm/LayerNorm statistics are computed in float32 whatever the
+compute dtype; GEGLU uses the exact (erf) GELU; attention goes through
+``jax.nn.dot_product_attention`` (XLA on CPU, cuDNN's fused kernel on GPU when asked).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxvedit.models.hooks import emit
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Compute dtype and attention kernel choice, shared by all modules of a model."""
+
+    dtype: jnp.dtype = jnp.float32  # compute dtype (float32 or bfloat16)
+    param_dtype: jnp.dtype = jnp.float32  # parameters stay float32 by default
+    attention_implementation: str | None = None  # None (XLA's choice), "xla" or "cudnn"
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def linear(din: int, dout: int, p: Precision, rngs: nnx.Rngs, use_bias: bool = True) -> nnx.Linear:
+    return nnx.Linear(din, dout, use_bias=use_bias, dtype=p.dtype, param_dtype=p.param_dtype, rngs=rngs)
+
+
+def conv(din: int, dout: int, k: int, p: Precision, rngs: nnx.Rngs, stride: int = 1,
+         padding: int | None = None) -> nnx.Conv:
+    pad = k // 2 if padding is None else padding
+    return nnx.Conv(din, dout, kernel_size=(k, k), strides=(stride, stride),
+                    padding=((pad, pad), (pad, pad)), dtype=p.dtype, param_dtype=p.param_dtype,
+                    rngs=rngs)
+
+
+class GroupNorm(nnx.Module):
+    """``torch.nn.GroupNorm`` over the last (channel) axis; statistics in float32."""
+
+    def __init__(self, num_groups: int, num_channels: int, eps: float, p: Precision):
+        if num_channels % num_groups:
+            raise ValueError(f"GroupNorm: {num_channels} channels not divisible into {num_groups} groups")
+        self.num_groups, self.eps, self.dtype = num_groups, eps, p.dtype
+        self.scale = nnx.Param(jnp.ones((num_channels,), p.param_dtype))
+        self.bias = nnx.Param(jnp.zeros((num_channels,), p.param_dtype))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        shape = x.shape
+        c = shape[-1]
+        xf = x.astype(jnp.float32).reshape(shape[0], -1, self.num_groups, c // self.num_groups)
+        mean = xf.mean(axis=(1, 3), keepdims=True)
+        var = jnp.square(xf - mean).mean(axis=(1, 3), keepdims=True)
+        xf = ((xf - mean) * jax.lax.rsqrt(var + self.eps)).reshape(shape)
+        out = xf * self.scale.value.astype(jnp.float32) + self.bias.value.astype(jnp.float32)
+        return out.astype(self.dtype)
+
+
+class LayerNorm(nnx.Module):
+    """``torch.nn.LayerNorm`` over the last axis; statistics in float32."""
+
+    def __init__(self, dim: int, eps: float, p: Precision):
+        self.eps, self.dtype = eps, p.dtype
+        self.scale = nnx.Param(jnp.ones((dim,), p.param_dtype))
+        self.bias = nnx.Param(jnp.zeros((dim,), p.param_dtype))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        xf = x.astype(jnp.float32)
+        mean = xf.mean(-1, keepdims=True)
+        var = jnp.square(xf - mean).mean(-1, keepdims=True)
+        xf = (xf - mean) * jax.lax.rsqrt(var + self.eps)
+        out = xf * self.scale.value.astype(jnp.float32) + self.bias.value.astype(jnp.float32)
+        return out.astype(self.dtype)
+
+
+def timestep_embedding(timesteps: jax.Array, dim: int, flip_sin_to_cos: bool,
+                       freq_shift: float, max_period: int = 10000) -> jax.Array:
+    """Sinusoidal timestep embedding, as diffusers' ``get_timestep_embedding`` (float32)."""
+    half = dim // 2
+    exponent = -math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / (half - freq_shift)
+    emb = timesteps.astype(jnp.float32)[:, None] * jnp.exp(exponent)[None, :]
+    emb = jnp.concatenate([jnp.sin(emb), jnp.cos(emb)], axis=-1)
+    if flip_sin_to_cos:
+        emb = jnp.concatenate([emb[:, half:], emb[:, :half]], axis=-1)
+    if dim % 2:
+        emb = jnp.pad(emb, ((0, 0), (0, 1)))
+    return emb
+
+
+class TimestepEmbedding(nnx.Module):
+    def __init__(self, in_dim: int, dim: int, p: Precision, rngs: nnx.Rngs):
+        self.linear_1 = linear(in_dim, dim, p, rngs)
+        self.linear_2 = linear(dim, dim, p, rngs)
+
+    def __call__(self, x):
+        return self.linear_2(jax.nn.silu(self.linear_1(x)))
+
+
+def _nearest_resize(x: jax.Array, size: tuple[int, int]) -> jax.Array:
+    """``F.interpolate(mode="nearest")`` to ``size``: source index floor(i * in / out)."""
+    h, w = x.shape[1:3]
+    if size == (2 * h, 2 * w):
+        return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+    rows = jnp.floor(jnp.arange(size[0]) * (h / size[0])).astype(jnp.int32)
+    cols = jnp.floor(jnp.arange(size[1]) * (w / size[1])).astype(jnp.int32)
+    return x[:, rows][:, :, cols]
+
+
+class Upsample2D(nnx.Module):
+    def __init__(self, channels: int, p: Precision, rngs: nnx.Rngs, path: str = ""):
+        self.conv = conv(channels, channels, 3, p, rngs)
+        self.path = path
+
+    def __call__(self, x, output_size: tuple[int, int] | None = None):
+        size = output_size or (2 * x.shape[1], 2 * x.shape[2])
+        return self.conv(_nearest_resize(x, tuple(size)))
+
+
+class Downsample2D(nnx.Module):
+    """Strided 3x3 conv; ``padding=0`` pads (0, 1) on each spatial axis first, as diffusers."""
+
+    def __init__(self, channels: int, out_channels: int, padding: int, p: Precision, rngs: nnx.Rngs):
+        self.padding = padding
+        self.conv = conv(channels, out_channels, 3, p, rngs, stride=2, padding=padding)
+
+    def __call__(self, x):
+        if self.padding == 0:
+            x = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))
+        return self.conv(x)
+
+
+class ResnetBlock2D(nnx.Module):
+    def __init__(self, in_channels: int, out_channels: int, temb_channels: int | None, groups: int,
+                 eps: float, output_scale_factor: float, p: Precision, rngs: nnx.Rngs, path: str = ""):
+        self.path = path
+        self.output_scale_factor = output_scale_factor
+        self.norm1 = GroupNorm(groups, in_channels, eps, p)
+        self.conv1 = conv(in_channels, out_channels, 3, p, rngs)
+        self.time_emb_proj = linear(temb_channels, out_channels, p, rngs) if temb_channels else None
+        self.norm2 = GroupNorm(groups, out_channels, eps, p)
+        self.conv2 = conv(out_channels, out_channels, 3, p, rngs)
+        self.conv_shortcut = (conv(in_channels, out_channels, 1, p, rngs)
+                              if in_channels != out_channels else None)
+
+    def __call__(self, x, temb=None):
+        h = self.conv1(jax.nn.silu(self.norm1(x)))
+        if self.time_emb_proj is not None and temb is not None:
+            h = h + self.time_emb_proj(jax.nn.silu(temb))[:, None, None, :]
+        h = self.conv2(jax.nn.silu(self.norm2(h)))
+        if self.conv_shortcut is not None:
+            x = self.conv_shortcut(x)
+        out = (x + h) / self.output_scale_factor if self.output_scale_factor != 1 else x + h
+        return emit(self.path, out)
+
+
+def attention(q, k, v, heads: int, implementation: str | None = None):
+    """Multi-head scaled dot-product attention on ``(B, L, heads*D)`` projections."""
+    b, lq, inner = q.shape
+    d = inner // heads
+    q = q.reshape(b, lq, heads, d)
+    k = k.reshape(b, k.shape[1], heads, d)
+    v = v.reshape(b, v.shape[1], heads, d)
+    out = jax.nn.dot_product_attention(q, k, v, scale=d ** -0.5, implementation=implementation)
+    return out.reshape(b, lq, inner)
+
+
+class Attention(nnx.Module):
+    """diffusers ``Attention`` with ``AttnProcessor2_0``: self- or cross-attention.
+
+    ``group_norm``/``residual_connection`` cover the VAE mid-block attention, which takes and
+    returns an image ``(B, H, W, C)``; otherwise input and output are token sequences.
+    """
+
+    def __init__(self, query_dim: int, heads: int, dim_head: int, p: Precision, rngs: nnx.Rngs, *,
+                 cross_attention_dim: int | None = None, bias: bool = False, out_bias: bool = True,
+                 norm_num_groups: int | None = None, eps: float = 1e-5,
+                 residual_connection: bool = False, rescale_output_factor: float = 1.0,
+                 path: str = ""):
+        inner = heads * dim_head
+        kv_dim = cross_attention_dim or query_dim
+        self.heads, self.path = heads, path
+        self.attention_implementation = p.attention_implementation
+        self.residual_connection = residual_connection
+        self.rescale_output_factor = rescale_output_factor
+        self.group_norm = GroupNorm(norm_num_groups, query_dim, eps, p) if norm_num_groups else None
+        self.to_q = linear(query_dim, inner, p, rngs, use_bias=bias)
+        self.to_k = linear(kv_dim, inner, p, rngs, use_bias=bias)
+        self.to_v = linear(kv_dim, inner, p, rngs, use_bias=bias)
+        self.to_out = nnx.List([linear(inner, query_dim, p, rngs, use_bias=out_bias)])
+
+    def __call__(self, x, context=None):
+        residual = x
+        image_shape = None
+        if x.ndim == 4:
+            image_shape = x.shape
+            x = x.reshape(x.shape[0], -1, x.shape[-1])
+        if self.group_norm is not None:
+            x = self.group_norm(x)
+        context = x if context is None else context
+        h = attention(self.to_q(x), self.to_k(context), self.to_v(context), self.heads,
+                      self.attention_implementation)
+        h = self.to_out[0](h)
+        if image_shape is not None:
+            h = h.reshape(image_shape)
+        if self.residual_connection:
+            h = h + residual
+        if self.rescale_output_factor != 1.0:
+            h = h / self.rescale_output_factor
+        return emit(self.path, h)
+
+
+class GEGLU(nnx.Module):
+    def __init__(self, dim_in: int, dim_out: int, p: Precision, rngs: nnx.Rngs):
+        self.proj = linear(dim_in, dim_out * 2, p, rngs)
+
+    def __call__(self, x):
+        hidden, gate = jnp.split(self.proj(x), 2, axis=-1)
+        return hidden * jax.nn.gelu(gate, approximate=False)  # exact GELU, as torch's default
+
+
+class Identity(nnx.Module):
+    """Placeholder keeping diffusers' list indices (their Dropout layers hold no weights)."""
+
+    def __call__(self, x):
+        return x
+
+
+class FeedForward(nnx.Module):
+    def __init__(self, dim: int, p: Precision, rngs: nnx.Rngs, mult: int = 4):
+        inner = dim * mult
+        self.net = nnx.List([GEGLU(dim, inner, p, rngs), Identity(), linear(inner, dim, p, rngs)])
+
+    def __call__(self, x):
+        for layer in self.net:
+            x = layer(x)
+        return x
+
+
+class BasicTransformerBlock(nnx.Module):
+    def __init__(self, dim: int, heads: int, dim_head: int, cross_attention_dim: int,
+                 p: Precision, rngs: nnx.Rngs, path: str = "", only_cross_attention: bool = False):
+        self.path = path
+        self.only_cross_attention = only_cross_attention
+        self.norm1 = LayerNorm(dim, 1e-5, p)
+        self.attn1 = Attention(dim, heads, dim_head, p, rngs,
+                               cross_attention_dim=cross_attention_dim if only_cross_attention else None,
+                               path=_join(path, "attn1"))
+        self.norm2 = LayerNorm(dim, 1e-5, p)
+        self.attn2 = Attention(dim, heads, dim_head, p, rngs, cross_attention_dim=cross_attention_dim,
+                               path=_join(path, "attn2"))
+        self.norm3 = LayerNorm(dim, 1e-5, p)
+        self.ff = FeedForward(dim, p, rngs)
+
+    def __call__(self, x, context):
+        x = self.attn1(self.norm1(x), context if self.only_cross_attention else None) + x
+        x = self.attn2(self.norm2(x), context) + x
+        x = self.ff(self.norm3(x)) + x
+        return emit(self.path, x)
+
+
+class Transformer2DModel(nnx.Module):
+    """Spatial transformer: GroupNorm, proj_in, transformer blocks, proj_out, residual."""
+
+    def __init__(self, heads: int, dim_head: int, in_channels: int, num_layers: int,
+                 cross_attention_dim: int, norm_num_groups: int, use_linear_projection: bool,
+                 p: Precision, rngs: nnx.Rngs, path: str = "", only_cross_attention: bool = False):
+        inner = heads * dim_head
+        self.path = path
+        self.use_linear_projection = use_linear_projection
+        self.norm = GroupNorm(norm_num_groups, in_channels, 1e-6, p)
+        if use_linear_projection:
+            self.proj_in = linear(in_channels, inner, p, rngs)
+            self.proj_out = linear(inner, in_channels, p, rngs)
+        else:
+            self.proj_in = conv(in_channels, inner, 1, p, rngs)
+            self.proj_out = conv(inner, in_channels, 1, p, rngs)
+        self.transformer_blocks = nnx.List([
+            BasicTransformerBlock(inner, heads, dim_head, cross_attention_dim, p, rngs,
+                                  path=_join(path, f"transformer_blocks.{i}"),
+                                  only_cross_attention=only_cross_attention)
+            for i in range(num_layers)
+        ])
+
+    def __call__(self, x, context):
+        b, h, w, _ = x.shape
+        residual = x
+        x = self.norm(x)
+        if self.use_linear_projection:
+            x = self.proj_in(x.reshape(b, h * w, -1))
+        else:
+            x = self.proj_in(x)
+            x = x.reshape(b, h * w, -1)
+        for block in self.transformer_blocks:
+            x = block(x, context)
+        if self.use_linear_projection:
+            x = self.proj_out(x).reshape(b, h, w, -1)
+        else:
+            x = self.proj_out(x.reshape(b, h, w, -1))
+        return emit(self.path, x + residual)
