@@ -344,6 +344,49 @@ def test_load_single_file_components(tmp_path):
         assert inferred[key] == u_config[key], key
 
 
+def test_use_ema(tmp_path):
+    u_config, unet = _build(UNet2DConditionModel, TINY_UNETS["a"])
+    _, ema_unet = _build(UNet2DConditionModel, TINY_UNETS["a"], seed=7)
+    v_config, vae = _build(AutoencoderKL, TINY_VAES["a"], seed=1)
+    ldm = {**diffusers_to_ldm_unet(unet, u_config), **diffusers_to_ldm_vae(vae)}
+    ema = {"model_ema." + "".join(k.split(".")[1:]): v
+           for k, v in diffusers_to_ldm_unet(ema_unet, u_config).items()}
+    ema["model_ema.num_updates"] = np.array(3)
+    regular = load_single_file_components({**ldm, **ema})
+    _assert_identical(regular["unet"]["state_dict"], unet)
+    assert regular["unet_source"] == "model" and "text_encoder" not in regular
+    assert len(regular["ignored"]) == len(ema)
+    averaged = load_single_file_components({**ldm, **ema}, use_ema=True)
+    _assert_identical(averaged["unet"]["state_dict"], ema_unet)
+    _assert_identical(averaged["vae"]["state_dict"], vae)
+    assert averaged["unet_source"] == "model_ema"
+    assert averaged["ignored"] == ["model_ema.num_updates"]
+    del ema["model_ema.diffusion_modelout2bias"]
+    with pytest.raises(WeightLoadError, match=r"model_ema\.diffusion_modelout2bias"):
+        load_single_file_components({**ldm, **ema}, use_ema=True)
+    with pytest.raises(WeightLoadError, match="no EMA weights"):
+        load_single_file_components(ldm, use_ema=True)
+
+
+def test_runtime_needs_no_torch(tmp_path):
+    """Reading and converting a file imports neither torch nor diffusers nor transformers."""
+    import subprocess
+    import sys
+
+    path, *_ = _single_file(tmp_path)
+    code = (
+        "import sys\n"
+        "from jaxvedit.models.single_file import load_single_file_components\n"
+        f"parts = load_single_file_components({str(path)!r})\n"
+        "assert len(parts['unet']['state_dict']) > 100, parts.keys()\n"
+        "heavy = [m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
 def test_half_precision_kept(tmp_path):
     path, *_ = _single_file(tmp_path, dtype=np.float16)
     parts = load_single_file_components(path)
@@ -363,6 +406,8 @@ def test_missing_file(tmp_path):
 
 
 def test_ckpt_refused(tmp_path):
+    with pytest.raises(FileNotFoundError, match="absent.ckpt"):
+        read_single_file(tmp_path / "absent.ckpt")
     path = tmp_path / "v1-5-pruned.ckpt"
     path.write_bytes(b"PK\x03\x04 not really a zip")
     with pytest.raises(ValueError, match=r"(?s)v1-5-pruned\.ckpt.*arbitrary code.*safetensors"):

@@ -253,12 +253,12 @@ def read_single_file(path: str | os.PathLike) -> dict[str, np.ndarray]:
     :class:`WeightLoadError` (a ``ValueError``) -- both name the path.
     """
     path = Path(path)
-    if path.suffix.lower() in (".ckpt", ".pt", ".pth", ".bin"):
-        raise ValueError(_pickle_refusal(path))
     if not path.exists():
         raise FileNotFoundError(f"single-file checkpoint not found: {path}")
     if not path.is_file():
         raise FileNotFoundError(f"single-file checkpoint is not a file: {path}")
+    if path.suffix.lower() in (".ckpt", ".pt", ".pth", ".bin"):
+        raise ValueError(_pickle_refusal(path))
     with open(path, "rb") as f:
         head = f.read(8)
     if head[:2] == b"PK" or head[:1] == b"\x80":  # zip (torch.save) or raw pickle
@@ -267,7 +267,8 @@ def read_single_file(path: str | os.PathLike) -> dict[str, np.ndarray]:
     try:
         return read_safetensors(path)
     except WeightLoadError as err:
-        raise WeightLoadError(f"corrupt or unreadable safetensors checkpoint {path}: {err}") from err
+        detail = str(err).removeprefix(f"cannot read {path}: ")
+        raise WeightLoadError(f"corrupt or unreadable safetensors checkpoint {path}: {detail}") from err
 
 
 def _pickle_refusal(path: Path) -> str:
@@ -281,7 +282,8 @@ def _pickle_refusal(path: Path) -> str:
         f"sd = sd.get('state_dict', sd); "
         f"st.save_file({{k: v.detach().clone().contiguous() for k, v in sd.items() "
         f"if isinstance(v, torch.Tensor)}}, '{out}')\"\n"
-        f"then load {out.name}."
+        f"then load {out.name}. (weights_only=True refuses files that also pickle training "
+        f"objects; use weights_only=False only for a file you trust.)"
     )
 
 
@@ -802,6 +804,7 @@ def load_single_file_components(
     unet_config: Mapping | None = None,
     vae_config: Mapping | None = None,
     text_encoder_config: Mapping | None = None,
+    use_ema: bool = False,
 ) -> dict:
     """Read an SD1.x single file and convert each component to the diffusers layout.
 
@@ -811,6 +814,9 @@ def load_single_file_components(
     (pass ``infer_unet_config(state, override={...})`` to change single keys).
     ``ignored`` lists keys known not to be needed (EMA weights, noise schedule buffers, VAE
     training losses); ``unknown`` lists keys of no known component, for the caller to report.
+    ``use_ema``: take the UNet from the EMA copy (``model_ema.*``, LitEma's dot-less names) that
+    full training checkpoints carry instead of ``model.diffusion_model.*`` (the default, as
+    diffusers does); ``unet_source`` in the result says which was used.
     """
     if isinstance(path_or_state, Mapping):
         state = dict(path_or_state)
@@ -830,6 +836,8 @@ def load_single_file_components(
     if not any(k.startswith(_VAE_PREFIXES) for k in state):
         raise WeightLoadError(f"{source} has no VAE tensors ({VAE_PREFIX}*): not an SD1.x "
                               f"single-file checkpoint")
+    if use_ema:
+        state = _swap_in_ema(state, source)
     u_cfg = dict(unet_config) if unet_config is not None else infer_unet_config(state)
     v_cfg = dict(vae_config) if vae_config is not None else infer_vae_config(state)
     out: dict = {
@@ -842,4 +850,30 @@ def load_single_file_components(
                  else infer_text_encoder_config(te))
         out["text_encoder"] = {"config": t_cfg, "state_dict": te}
     out["ignored"], out["unknown"] = _classify_leftovers(state)
+    out["unet_source"] = "model_ema" if use_ema else "model"
+    return out
+
+
+def _swap_in_ema(state: dict, source: str) -> dict:
+    """Replace each ``model.diffusion_model.X`` by its EMA copy ``model_ema.diffusion_modelX``
+    (dots removed, as LitEma names its buffers); the EMA keys used leave the state."""
+    ema_keys = {k for k in state if k.startswith("model_ema.")} - {"model_ema.decay",
+                                                                   "model_ema.num_updates"}
+    if not ema_keys:
+        raise WeightLoadError(f"use_ema: {source} has no EMA weights (model_ema.*); it may "
+                              f"already be an EMA-only export -- load it with use_ema=False")
+    out, used, missing = dict(state), [], []
+    for key in state:
+        if key.startswith(UNET_PREFIX):
+            ema = "model_ema." + "".join(key.split(".")[1:])
+            if ema in state:
+                out[key] = state[ema]
+                used.append(ema)
+            else:
+                missing.append(f"{ema} (for {key})")
+    if missing:
+        raise WeightLoadError(f"use_ema: {len(missing)} UNet tensor(s) have no EMA copy in "
+                              f"{source}: {_listing(missing)}")
+    for key in used:
+        del out[key]
     return out
