@@ -415,7 +415,7 @@ class CLIPVisionTransformer(nnx.Module):
 # loading
 
 
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")  # owner/name
 
 
 def resolve_model_folder(folder_or_repo_id: str | os.PathLike, subfolder: str | None = None, *,
@@ -423,7 +423,7 @@ def resolve_model_folder(folder_or_repo_id: str | os.PathLike, subfolder: str | 
                          token=None) -> Path:
     """A local folder (``subfolder`` appended) or, when the argument is not an existing local
     path and looks like ``owner/name``, a hub snapshot (through ``huggingface_hub``'s cache)."""
-    path = Path(folder_or_repo_id)
+    path = Path(folder_or_repo_id).expanduser()
     local = path / subfolder if subfolder else path
     if path.exists() or not _REPO_ID.match(str(folder_or_repo_id)):
         if not local.is_dir():
