@@ -192,6 +192,15 @@ def test_vae_round_trip(tiny_vae):
     assert got["decoder.mid_block.attentions.0.to_out.0.weight"].shape == (c, c)
 
 
+def test_standalone_vae_file(tiny_vae):
+    """VAE-only LDM files (e.g. vae-ft-mse-840000-ema-pruned) have no first_stage_model. prefix."""
+    _, config, state = tiny_vae
+    ldm = diffusers_to_ldm_vae(state, prefix="")
+    assert "encoder.conv_in.weight" in ldm
+    _assert_identical(convert_ldm_vae(ldm, config), state)
+    assert infer_vae_config(ldm)["block_out_channels"] == config["block_out_channels"]
+
+
 def test_infer_vae_config_tiny(tiny_vae):
     _, config, state = tiny_vae
     inferred = infer_vae_config(diffusers_to_ldm_vae(state))

@@ -44,7 +44,10 @@ The VAE (``first_stage_model.``) maps ``encoder.down.{i}.block.{j}`` -> ``encode
 (linear: the 1x1 is squeezed to ``(C, C)``).
 
 The text encoder is a transformers ``CLIPTextModel`` under ``cond_stage_model.transformer.``;
-only the prefix changes (very old files lack the ``text_model.`` level, which is added).
+only the prefix changes, giving ``text_model.*`` keys -- the layout of SD1.5's
+``text_encoder/model.safetensors`` (transformers >= 5 saves a bare ``CLIPTextModel`` without the
+``text_model.`` level and reads both; so does :mod:`jaxvedit.models.clip`). Very old files lack
+the ``text_model.`` level inside the prefix: it is added.
 
 Loading pickled ``.ckpt`` files is refused: it needs torch and can execute arbitrary code.
 """
