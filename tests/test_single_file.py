@@ -426,6 +426,22 @@ def test_ckpt_refused(tmp_path):
     renamed.write_bytes(b"PK\x03\x04 not really a zip")
     with pytest.raises(ValueError, match=r"renamed\.safetensors is not a safetensors file"):
         read_single_file(renamed)
+    raw = tmp_path / "raw-pickle.safetensors"
+    raw.write_bytes(b"\x80\x02}q\x00(X\x05\x00\x00\x00")
+    with pytest.raises(ValueError, match="PyTorch pickle"):
+        read_single_file(raw)
+
+
+def test_pickle_sniffing_spares_real_safetensors(tmp_path):
+    """A safetensors header whose length starts with the bytes of a pickle/zip magic is read."""
+    for pad in range(300):  # find a header length whose first byte is 0x80
+        path = tmp_path / f"t{pad}.safetensors"
+        save_file({"x" * (pad + 1): np.zeros(2, np.float32)}, str(path))
+        if path.read_bytes()[:1] == b"\x80":
+            break
+    else:
+        pytest.fail("no header length with a 0x80 low byte found")
+    assert list(read_single_file(path)) == ["x" * (pad + 1)]
 
 
 def test_corrupt_file(tmp_path):

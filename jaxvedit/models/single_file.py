@@ -263,8 +263,10 @@ def read_single_file(path: str | os.PathLike) -> dict[str, np.ndarray]:
     if path.suffix.lower() in (".ckpt", ".pt", ".pth", ".bin"):
         raise ValueError(_pickle_refusal(path))
     with open(path, "rb") as f:
-        head = f.read(8)
-    if head[:2] == b"PK" or head[:1] == b"\x80":  # zip (torch.save) or raw pickle
+        head = f.read(9)
+    # safetensors: 8-byte header length, then the JSON header's "{"; torch.save writes a zip
+    # ("PK\x03\x04"), older torch a raw pickle ("\x80" + protocol)
+    if head[8:9] != b"{" and (head[:4] == b"PK\x03\x04" or head[:1] == b"\x80"):
         raise ValueError(f"{path} is not a safetensors file but a PyTorch pickle: "
                          + _pickle_refusal(path))
     try:
