@@ -37,7 +37,8 @@ resnet ``in_layers.0/.2``, ``emb_layers.1``, ``out_layers.0/.3``, ``skip_connect
 ``use_linear_projection`` is false (SD1.x), linear (2-D) when true.
 
 The VAE (``first_stage_model.``) maps ``encoder.down.{i}.block.{j}`` -> ``encoder.down_blocks.{i}.resnets.{j}``,
-``decoder.up.{k}`` -> ``decoder.up_blocks.{n-1-k}`` (LDM numbers decoder levels from the bottom),
+``decoder.up.{k}`` -> ``decoder.up_blocks.{n-1-k}`` (LDM numbers decoder levels by resolution,
+highest first; diffusers in execution order),
 ``mid.block_1/attn_1/block_2`` -> ``mid_block.resnets.0/attentions.0/resnets.1``,
 ``nin_shortcut`` -> ``conv_shortcut``, ``norm_out`` -> ``conv_norm_out``, and the mid attention's
 ``norm, q, k, v, proj_out`` (1x1 convolutions) -> ``group_norm, to_q, to_k, to_v, to_out.0``
@@ -57,7 +58,7 @@ from __future__ import annotations
 import copy
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
