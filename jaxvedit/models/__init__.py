@@ -1,12 +1,12 @@
 """Flax NNX ports of the SD1.5 components, and their loaders."""
 
 from jaxvedit.models.hooks import FeatureHooks
-from jaxvedit.models.loading import load_unet, load_vae
+from jaxvedit.models.loading import load_components, load_text_encoder, load_unet, load_vae
 from jaxvedit.models.unet import UNet2DConditionModel, UNetConfig
 from jaxvedit.models.vae import AutoencoderKL, DiagonalGaussian, VAEConfig
 from jaxvedit.models.weights import WeightLoadError
 
 __all__ = [
     "AutoencoderKL", "DiagonalGaussian", "FeatureHooks", "UNet2DConditionModel", "UNetConfig",
-    "VAEConfig", "WeightLoadError", "load_unet", "load_vae",
+    "VAEConfig", "WeightLoadError", "load_components", "load_text_encoder", "load_unet", "load_vae",
 ]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -102,46 +103,117 @@ def _legacy_vae_renames(keys) -> dict[str, str]:
     return renames
 
 
+def _load_component(cls, cfg_cls, source, subfolder, config, comps, *, what, dtype,
+                    param_dtype, attention_implementation):
+    if comps is None:
+        kind, path = resolve_source(source, (subfolder,))
+        if kind == "single_file":
+            comps = _single_file_components(path, **{f"{subfolder}_config": config})
+    if comps is not None:
+        cfg_raw, state = comps[subfolder]["config"], comps[subfolder]["state_dict"]
+    else:
+        folder = component_folder(path, subfolder)
+        cfg_raw = config or read_config(folder)
+        state = read_weights_folder(folder, "diffusion_pytorch_model")
+    renames = _legacy_vae_renames(state) if cls is AutoencoderKL else None
+    return _build_and_load(cls, cfg_cls.from_dict(cfg_raw), state, what=what, dtype=dtype,
+                           param_dtype=param_dtype, attention_implementation=attention_implementation,
+                           renames=renames)
+
+
 def load_unet(source, *, subfolder: str = "unet", config: dict | None = None,
               dtype=jnp.float32, param_dtype=jnp.float32,
               attention_implementation: str | None = None) -> UNet2DConditionModel:
     """Load a :class:`UNet2DConditionModel` from a folder, single file or repo id.
 
-    ``config`` overrides the config (needed for a single file whose shapes are not SD1.5's
-    when the inferred config is not what you want).
+    ``config`` replaces the component's config (for a single file: the config inferred from
+    the tensor shapes, which takes heads and norm groups from SD1.5).
     """
-    kind, path = resolve_source(source, (subfolder,))
-    if kind == "single_file":
-        comps = _single_file_components(path, unet_config=config)
-        cfg_raw, state = comps["unet"]["config"], comps["unet"]["state_dict"]
-    else:
-        folder = component_folder(path, subfolder)
-        cfg_raw = config or read_config(folder)
-        state = read_weights_folder(folder, "diffusion_pytorch_model")
-    cfg = UNetConfig.from_dict(cfg_raw)
-    return _build_and_load(UNet2DConditionModel, cfg, state, what="UNet", dtype=dtype,
-                           param_dtype=param_dtype, attention_implementation=attention_implementation)
+    return _load_component(UNet2DConditionModel, UNetConfig, source, subfolder, config, None,
+                           what="UNet", dtype=dtype, param_dtype=param_dtype,
+                           attention_implementation=attention_implementation)
 
 
 def load_vae(source, *, subfolder: str = "vae", config: dict | None = None,
              dtype=jnp.float32, param_dtype=jnp.float32,
              attention_implementation: str | None = None) -> AutoencoderKL:
     """Load an :class:`AutoencoderKL` from a folder, single file or repo id."""
+    return _load_component(AutoencoderKL, VAEConfig, source, subfolder, config, None,
+                           what="VAE", dtype=dtype, param_dtype=param_dtype,
+                           attention_implementation=attention_implementation)
+
+
+def load_text_encoder(source, *, subfolder: str = "text_encoder", config: dict | None = None,
+                      dtype=jnp.float32):
+    """Load the CLIP text encoder (transformers layout) from a folder, single file or repo id."""
+    from jaxvedit.models.clip import CLIPTextModel, load_clip_config
+
     kind, path = resolve_source(source, (subfolder,))
-    if kind == "single_file":
-        comps = _single_file_components(path, vae_config=config)
-        cfg_raw, state = comps["vae"]["config"], comps["vae"]["state_dict"]
-    else:
+    if kind == "folder":
         folder = component_folder(path, subfolder)
-        cfg_raw = config or read_config(folder)
-        state = read_weights_folder(folder, "diffusion_pytorch_model")
-    cfg = VAEConfig.from_dict(cfg_raw)
-    return _build_and_load(AutoencoderKL, cfg, state, what="VAE", dtype=dtype,
-                           param_dtype=param_dtype, attention_implementation=attention_implementation,
-                           renames=_legacy_vae_renames(state))
+        if config is None:
+            return CLIPTextModel.from_pretrained(folder, dtype=dtype)
+        state = read_weights_folder(folder, "model")
+    else:
+        comps = _single_file_components(path, text_encoder_config=config)
+        return _text_encoder_from_components(comps, path, dtype)
+    cfg = load_clip_config(config, "text")
+    model = nnx.eval_shape(lambda: CLIPTextModel(cfg, dtype=dtype, rngs=nnx.Rngs(0)))
+    model.load_state_dict(state, what=f"text encoder from {path}")
+    return model
 
 
-def _single_file_components(path: Path, *, unet_config=None, vae_config=None) -> dict:
+COMPONENTS = ("unet", "vae", "text_encoder")
+
+
+def load_components(source, components=COMPONENTS, *, dtype=jnp.float32, param_dtype=jnp.float32,
+                    attention_implementation: str | None = None, unet_config: dict | None = None,
+                    vae_config: dict | None = None) -> dict:
+    """Load several components at once (a single file is read and converted only once).
+
+    Returns ``{"unet": ..., "vae": ..., "text_encoder": ...}`` for the names asked for. Unknown
+    tensors in a single file (neither a component's nor a known leftover such as EMA weights)
+    are reported with a warning naming them.
+    """
+    unknown = sorted(set(components) - set(COMPONENTS))
+    if unknown:
+        raise ValueError(f"unknown component(s) {unknown}; choose from {COMPONENTS}")
+    kind, path = resolve_source(source, tuple(components))
+    comps = None
+    if kind == "single_file":
+        comps = _single_file_components(path, unet_config=unet_config, vae_config=vae_config)
+        if comps.get("unknown"):
+            warnings.warn(f"{path}: {len(comps['unknown'])} tensor(s) belong to no SD1.x component "
+                          f"and were not loaded: {comps['unknown'][:8]}", stacklevel=2)
+    out = {}
+    kw = dict(dtype=dtype, param_dtype=param_dtype, attention_implementation=attention_implementation)
+    for name in components:
+        if name == "unet":
+            out[name] = _load_component(UNet2DConditionModel, UNetConfig, path, "unet", unet_config,
+                                        comps, what="UNet", **kw)
+        elif name == "vae":
+            out[name] = _load_component(AutoencoderKL, VAEConfig, path, "vae", vae_config, comps,
+                                        what="VAE", **kw)
+        elif comps is None:
+            out[name] = load_text_encoder(path, dtype=dtype)
+        else:
+            out[name] = _text_encoder_from_components(comps, path, dtype)
+    return out
+
+
+def _text_encoder_from_components(comps, path, dtype):
+    from jaxvedit.models.clip import CLIPTextModel, load_clip_config
+
+    if "text_encoder" not in comps:
+        raise FileNotFoundError(f"single-file checkpoint {path} has no text encoder "
+                                "(cond_stage_model.transformer.*)")
+    cfg = load_clip_config(comps["text_encoder"]["config"], "text")
+    model = nnx.eval_shape(lambda: CLIPTextModel(cfg, dtype=dtype, rngs=nnx.Rngs(0)))
+    model.load_state_dict(comps["text_encoder"]["state_dict"], what=f"text encoder from {path}")
+    return model
+
+
+def _single_file_components(path: Path, **configs) -> dict:
     from jaxvedit.models.single_file import load_single_file_components
 
-    return load_single_file_components(path, unet_config=unet_config, vae_config=vae_config)
+    return load_single_file_components(path, **configs)
