@@ -129,16 +129,25 @@ def config_from_dict(cls, values: dict, *, source: str = "config"):
     return cls(**kwargs)
 
 
-def parse_config(cls, argv: list[str] | None = None, *, prog: str, description: str = ""):
-    """Parse ``argv`` (default ``sys.argv[1:]``) into an instance of dataclass ``cls``."""
+def parse_config(cls, argv: list[str] | None = None, *, prog: str, description: str = "",
+                 defaults: dict | None = None, use_defaults=None):
+    """Parse ``argv`` (default ``sys.argv[1:]``) into an instance of dataclass ``cls``.
+
+    ``defaults``: alternative defaults (e.g. a demo preset), applied to the options neither the
+    file nor the flags set, when ``use_defaults(explicit_values)`` is true.
+    """
     parser = build_parser(cls, prog=prog, description=description or (cls.__doc__ or ""))
     args = vars(parser.parse_args(sys.argv[1:] if argv is None else argv))
     file_path = args.pop("config", None)
+    args = {k: tuple(v) if isinstance(v, list) else v for k, v in args.items()}
     values = read_config_file(file_path) if file_path else {}
     try:
         base = config_from_dict(cls, values, source=str(file_path or "config"))
     except ConfigError as err:
         parser.error(str(err))
+    explicit = {**{k.replace("-", "_"): v for k, v in values.items()}, **args}
+    if defaults and (use_defaults is None or use_defaults(explicit)):
+        args = {**{k: v for k, v in defaults.items() if k not in explicit}, **args}
     try:
         return dataclasses.replace(base, **args)
     except (TypeError, ValueError) as err:

@@ -1,0 +1,98 @@
+"""The training configuration: one typed dataclass; ``python -m jaxvedit.train --help`` is
+generated from it (every option, its default and its help line)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+def opt(default, help: str, group: str = "options"):
+    return field(default=default, metadata={"help": help, "group": group})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Train the adapters (gated LoRA + shared/unshared prompt tokens) of SD1.5 on video clips
+    with the diffusion and temporal consistency losses (SPEC §3). With no --model and no --data
+    it runs the embedded demo: a tiny random model on a generated sample, on CPU, in minutes."""
+
+    # what to train on
+    model: str | None = opt(None, "SD1.5 weights: a diffusers folder, a single-file .safetensors "
+                            "checkpoint or a Hugging Face repo id (default: the demo's tiny model)", "data")
+    vision_model: str | None = opt(None, "CLIP vision tower for the unshared tokens: folder or repo id "
+                                   "(default: the model folder's image_encoder/, else "
+                                   "openai/clip-vit-base-patch32)", "data")
+    data: str | None = opt(None, "dataset folder: captions.jsonl or MSR-VTT layout "
+                           "(default: a generated sample)", "data")
+    output_dir: str = opt("runs/train", "run folder: checkpoints, metrics.jsonl, loss_curve.png, "
+                          "adapter.safetensors", "data")
+    cache_dir: str | None = opt(None, "latent cache folder (default: <data>/.jaxvedit_cache)", "data")
+    frames: int = opt(4, "T: adjacent frames per clip (>= 3)", "data")
+    frame_stride: int = opt(1, "take every n-th frame when forming a clip", "data")
+    resolution: int = opt(512, "frames are resized and center-cropped to this square size", "data")
+    max_frames: int = opt(64, "decode at most this many frames of each video", "data")
+
+    # adapters
+    lora_rank: int = opt(4, "LoRA rank r", "adapters")
+    lora_alpha: float = opt(4.0, "LoRA alpha (scale alpha/r)", "adapters")
+    lora_targets: Literal["all", "down"] = opt("all", "LoRA on every attention ('all', the authors' "
+                                               "code) or on down-block attentions ('down', the paper)",
+                                               "adapters")
+    n_shared_tokens: int = opt(18, "N_share: shared prompt tokens", "adapters")
+    unshared_tokens: bool = opt(True, "frame-specific tokens from CLIP vision hidden states", "adapters")
+    pooling: str = opt("avg2", "pooling of the vision tokens: 'avg2' or 'stride:s'", "adapters")
+    text_dropout: float = opt(0.3, "probability of replacing the caption by the empty prompt", "adapters")
+
+    # losses
+    tau: float = opt(0.5, "adapter and temporal loss act for timesteps t >= tau * 1000", "loss")
+    diffusion_weight: float = opt(1.0, "w_diff", "loss")
+    temporal_weight: float = opt(0.01, "lambda: weight of the temporal loss", "loss")
+    temporal_form: Literal["frames", "cross_timestep"] = opt(
+        "frames", "eq. 22 over the clip's frames, or the authors' cross-timestep variant", "loss")
+    temporal_mode: Literal["tensor", "token"] = opt("tensor", "cosine over the whole feature "
+                                                    "tensor or per token", "loss")
+    feature_taps: tuple[str, ...] = opt(
+        ("up_blocks.2.attentions.*.transformer_blocks.0.attn1",
+         "up_blocks.3.attentions.*.transformer_blocks.0.attn1"),
+        "UNet module paths (fnmatch patterns) whose outputs feed the temporal loss", "loss")
+
+    # optimisation
+    steps: int = opt(2000, "optimizer steps", "optimisation")
+    batch_size: int = opt(0, "clips per micro-batch across all devices (0: one per device)", "optimisation")
+    accumulate: int = opt(8, "micro-batches per optimizer step (gradient accumulation)", "optimisation")
+    learning_rate: float = opt(3e-5, "AdamW learning rate", "optimisation")
+    warmup_steps: int = opt(500, "linear warm-up steps, then constant", "optimisation")
+    weight_decay: float = opt(1e-2, "AdamW weight decay", "optimisation")
+    clip_norm: float = opt(1.0, "global gradient-norm clipping (0: off)", "optimisation")
+    dtype: Literal["bfloat16", "float32"] = opt("bfloat16", "compute dtype (adapter parameters stay float32)",
+                                                "optimisation")
+    seed: int = opt(0, "seed for data order, noise, timesteps, dropout and adapter init", "optimisation")
+
+    # run control
+    resume: bool = opt(False, "continue from the last checkpoint in output_dir", "run")
+    checkpoint_every: int = opt(100, "optimizer steps between checkpoints (one is also written at exit)", "run")
+    keep_checkpoints: int = opt(3, "checkpoints kept", "run")
+    log_every: int = opt(1, "optimizer steps between metric log lines", "run")
+    devices: int = opt(0, "accelerators to use for data parallelism (0: all visible)", "run")
+    multihost: bool = opt(False, "call jax.distributed.initialize() first (multi-host launch)", "run")
+    progress: bool = opt(True, "show a progress bar", "run")
+
+    def __post_init__(self):
+        if self.frames < 3:
+            raise ValueError(f"frames={self.frames}: the temporal loss needs T >= 3 frames per clip")
+        if self.resolution % 8:
+            raise ValueError(f"resolution={self.resolution} must be a multiple of 8")
+        for name in ("steps", "accumulate", "lora_rank", "checkpoint_every", "log_every", "max_frames"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+        if not 0 <= self.text_dropout <= 1:
+            raise ValueError(f"text_dropout={self.text_dropout} must be in [0, 1]")
+
+
+# the embedded demo: applied to options the user did not set, when neither --model nor --data is
+DEMO_OVERRIDES = dict(
+    output_dir="runs/demo", resolution=64, frames=4, steps=30, accumulate=2, learning_rate=1e-3,
+    warmup_steps=3, n_shared_tokens=4, pooling="stride:2", dtype="float32", checkpoint_every=10,
+    feature_taps=("up_blocks.1.attentions.*.transformer_blocks.0.attn1",), max_frames=8,
+)
