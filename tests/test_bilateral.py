@@ -12,7 +12,7 @@ import jax.numpy as jnp
 
 from jaxvedit.diffusion import bilateral_filter_frames, bilateral_filter_latent, gaussian_blur_latent
 
-HYP = settings(max_examples=25, deadline=None, derandomize=True,
+HYP = settings(max_examples=15, deadline=None, derandomize=True,
                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
@@ -88,7 +88,8 @@ def test_relative_range_uses_each_images_channel_std():
 
 # ---------------------------------------------------------------- properties (hypothesis)
 
-SHAPES = [(1, 5, 6, 1), (2, 7, 4, 3), (1, 9, 9, 2)]
+# few distinct (shape, radius, window, mode) combinations: each is one compiled program
+SHAPES = [(2, 7, 5, 3)]
 images = st.tuples(st.sampled_from(SHAPES), st.integers(0, 2**31 - 1), st.floats(0.05, 20.0))
 
 
@@ -103,7 +104,7 @@ def _draw_image(spec):
 
 @HYP
 @given(shape=st.sampled_from(SHAPES), value=st.floats(-1e3, 1e3, allow_nan=False, width=32),
-       radius=st.integers(1, 3), ss=st.floats(0.3, 4.0), sr=st.floats(1e-3, 1e3),
+       radius=st.integers(1, 2), ss=st.floats(0.3, 4.0), sr=st.floats(1e-3, 1e3),
        mode=st.sampled_from(["absolute", "relative"]))
 def test_constant_image_is_unchanged(shape, value, radius, ss, sr, mode):
     x = np.full(shape, value, np.float32)
@@ -112,7 +113,7 @@ def test_constant_image_is_unchanged(shape, value, radius, ss, sr, mode):
 
 
 @HYP
-@given(spec=images, radius=st.integers(1, 3), ss=st.floats(0.3, 4.0), sr=st.floats(1e-2, 1e2),
+@given(spec=images, radius=st.integers(1, 2), ss=st.floats(0.3, 4.0), sr=st.floats(1e-2, 1e2),
        window=st.sampled_from(["square", "disk"]))
 def test_output_is_within_neighbourhood_min_max(spec, radius, ss, sr, window):
     x = _draw_image(spec)
@@ -129,7 +130,7 @@ def test_output_is_within_neighbourhood_min_max(spec, radius, ss, sr, window):
 
 
 @HYP
-@given(spec=images, radius=st.integers(1, 3), ss=st.floats(0.3, 4.0))
+@given(spec=images, radius=st.integers(1, 2), ss=st.floats(0.3, 4.0))
 def test_infinite_range_sigma_is_gaussian_blur(spec, radius, ss):
     x = _draw_image(spec)
     blur = np.asarray(gaussian_blur_latent(x, radius=radius, sigma_spatial=ss))
@@ -170,7 +171,7 @@ def test_frames_filter_matches_reference(T, k, ss, sr):
 
 
 @HYP
-@given(T=st.integers(1, 7), seed=st.integers(0, 2**31 - 1), k=st.sampled_from([3, 5]),
+@given(T=st.sampled_from([1, 2, 5]), seed=st.integers(0, 2**31 - 1), k=st.sampled_from([3, 5]),
        sr=st.floats(0.05, 10.0))
 def test_frames_filter_properties(T, seed, k, sr):
     rng = np.random.default_rng(seed)
@@ -223,5 +224,11 @@ def test_input_checks():
         bilateral_filter_frames(x, sigma_range=0)
     with pytest.raises(ValueError, match="rank"):
         bilateral_filter_frames(np.float32(1.0))
+    # extreme but valid sigmas: a vanishing range/spatial sigma is the identity, not nan
+    rng = np.random.default_rng(0)
+    y = rng.normal(size=(1, 5, 5, 2)).astype(np.float32)
+    np.testing.assert_array_equal(np.asarray(bilateral_filter_latent(y, sigma_range=1e-30)), y)
+    np.testing.assert_array_equal(np.asarray(bilateral_filter_latent(y, sigma_spatial=1e-30)), y)
+    np.testing.assert_array_equal(np.asarray(bilateral_filter_frames(y, sigma_range=1e-30)), y)
     # dtype is kept
     assert bilateral_filter_latent(jnp.zeros((4, 4, 2), jnp.bfloat16)).dtype == jnp.bfloat16

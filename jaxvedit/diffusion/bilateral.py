@@ -80,6 +80,20 @@ def _spatial_offsets(radius: int, window: str):
     return offs
 
 
+def _spatial_weight(dist2: int, ss):
+    """eq. 10: exp(-|d|^2 / (2 sigma_spatial^2)); exactly 1 at the centre for any sigma."""
+    if dist2 == 0:
+        return 1.0
+    return jnp.exp(-0.5 * (jnp.asarray(dist2, ss.dtype) / ss) / ss)
+
+
+def _range_weight(d, sr):
+    """eq. 11: exp(-d^2 / (2 sigma_range^2)); exactly 1 where d == 0 for any sigma in (0, inf]
+    (no 0 * inf), all ones for sigma_range = inf (plain Gaussian blur)."""
+    z = jnp.where(d == 0, jnp.zeros_like(d), d / sr)
+    return jnp.exp(-0.5 * z * z)
+
+
 @functools.partial(jax.jit, static_argnames=("radius", "relative", "window"))
 def _bilateral_latent(x, sigma_spatial, sigma_range, *, radius: int, relative: bool, window: str):
     """x (B, H, W, C) -> filtered, same shape/dtype."""
@@ -92,14 +106,13 @@ def _bilateral_latent(x, sigma_spatial, sigma_range, *, radius: int, relative: b
     if relative:
         std = jnp.std(xf, axis=(1, 2), keepdims=True)  # (B,1,1,C): per frame, per channel
         sr = sr * jnp.where(std > 0, std, jnp.ones_like(std))
-    inv_range = -0.5 / (sr * sr)  # -0.0 for sigma_range = inf: plain Gaussian blur
-    inv_space = -0.5 / jnp.asarray(sigma_spatial, xf.dtype) ** 2
+    ss = jnp.asarray(sigma_spatial, xf.dtype)
     num = jnp.zeros_like(xf)
     den = jnp.zeros_like(xf)
     for dy, dx in _spatial_offsets(r, window):
         nb = jax.lax.dynamic_slice(xp, (0, r + dy, r + dx, 0), (B, H, W, C))
         d = nb - xf
-        w = jnp.exp(jnp.asarray(dy * dy + dx * dx, xf.dtype) * inv_space) * jnp.exp(d * d * inv_range)
+        w = _spatial_weight(dy * dy + dx * dx, ss) * _range_weight(d, sr)
         num = num + w * d
         den = den + w
     return (xf + num / den).astype(dtype)
@@ -183,14 +196,14 @@ def _bilateral_frames(x, sigma_spatial, sigma_range, *, radius: int):
     r = radius
     pad = [(r, r)] + [(0, 0)] * (xf.ndim - 1)
     xp = jnp.pad(xf, pad, mode="reflect") if T > 1 else jnp.pad(xf, pad, mode="edge")
-    inv_range = -0.5 / jnp.asarray(sigma_range, xf.dtype) ** 2
-    inv_space = -0.5 / jnp.asarray(sigma_spatial, xf.dtype) ** 2
+    sr = jnp.asarray(sigma_range, xf.dtype)
+    ss = jnp.asarray(sigma_spatial, xf.dtype)
     num = jnp.zeros_like(xf)
     den = jnp.zeros_like(xf)
     for k in range(-r, r + 1):
         nb = jax.lax.slice_in_dim(xp, r + k, r + k + T, axis=0)
         d = nb - xf
-        w = jnp.exp(jnp.asarray(k * k, xf.dtype) * inv_space) * jnp.exp(d * d * inv_range)
+        w = _spatial_weight(k * k, ss) * _range_weight(d, sr)
         num = num + w * d
         den = den + w
     return (xf + num / den).astype(dtype)
