@@ -59,6 +59,24 @@ def test_mp4_non_square_fractional_fps_and_selection(tmp_path):
     assert V.read_video(tmp_path / "b.mkv", start=2, max_frames=3).num_frames == 3
 
 
+def test_webm_probe_falls_back_to_decoding(tmp_path, clip):
+    frames, _ = clip
+    with av.open(str(tmp_path / "a.webm"), "w") as c:  # VP9; WebM states no frame count
+        s = c.add_stream("libvpx-vp9", rate=8)
+        s.width, s.height, s.pix_fmt = 64, 64, "yuv420p"
+        s.options = {"crf": "20", "b": "0", "deadline": "realtime", "cpu-used": "8"}
+        for f in frames:
+            for p in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    info = V.probe_video(tmp_path / "a.webm")
+    assert (info.num_frames, info.fps, info.codec, info.exact) == (8, 8.0, "vp9", True)
+    v = V.read_video(tmp_path / "a.webm")
+    assert v.frames.shape == frames.shape and v.fps == 8.0
+    assert _psnr(frames, v.frames) > 25.0
+
+
 def test_gif_round_trip(tmp_path, clip):
     frames, _ = clip
     V.write_gif(tmp_path / "a.gif", frames, fps=8)
