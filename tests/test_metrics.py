@@ -194,7 +194,8 @@ def _torch_embeds(ref, pixels=None, ids=None):
             x = torch.from_numpy(np.ascontiguousarray(pixels.transpose(0, 3, 1, 2)))
             e = ref.visual_projection(ref.vision_model(pixel_values=x).pooler_output)
         else:
-            e = ref.text_projection(ref.text_model(input_ids=torch.from_numpy(ids.astype(np.int64))).pooler_output)
+            x = torch.from_numpy(ids.astype(np.int64))
+            e = ref.text_projection(ref.text_model(input_ids=x).pooler_output)
     e = e.numpy().astype(np.float64)
     return e / np.linalg.norm(e, axis=-1, keepdims=True)
 

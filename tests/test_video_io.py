@@ -214,6 +214,9 @@ def test_read_errors(tmp_path, clip):
         V.read_video(tmp_path / "empty")
     with pytest.raises(ValueError, match="no frames selected from .*full.mp4: it has 16 frames, start=20"):
         V.read_video(tmp_path / "full.mp4", start=20)
+    with pytest.raises(ValueError, match="stop \\(3\\) must be > start \\(3\\)"):
+        V.read_video(tmp_path / "full.mp4", start=3, stop=3)
+    assert repr(V.read_video(tmp_path / "full.mp4", max_frames=2)).startswith("Video(2 frames, 64x64, fps=8")
     with pytest.raises(ValueError, match="stride must be >= 1"):
         V.read_video(tmp_path / "full.mp4", stride=0)
 
@@ -312,7 +315,8 @@ def test_clip_sampling():
     np.testing.assert_array_equal(V.sample_clip_starts(8, 1), np.arange(8))
     with pytest.raises(ValueError, match="a clip of 9 frames needs at least 9 frames, but the video has 8"):
         V.sample_clip_starts(8, 9)
-    with pytest.raises(ValueError, match="a clip of 4 frames \\(stride 3 spans 10\\) needs at least 10 frames, "
+    with pytest.raises(ValueError, match="a clip of 4 frames \\(stride 3 spans 10\\) needs at least "
+                                         "10 frames, "
                                          "but the video has 8"):
         V.sample_clip_starts(8, 4, stride=3)
     with pytest.raises(ValueError, match="clip_len must be >= 1"):

@@ -47,6 +47,10 @@ class Video:
     fps: float
     path: str | None = None
 
+    def __repr__(self) -> str:
+        return (f"Video({self.num_frames} frames, {self.height}x{self.width}, fps={self.fps:g}, "
+                f"path={self.path!r})")
+
     @property
     def num_frames(self) -> int:
         return int(self.frames.shape[0])
@@ -108,8 +112,8 @@ def _image_files(folder: Path) -> list[Path]:
 def _check_range(start: int, stop: int | None, stride: int, max_frames: int | None) -> None:
     if start < 0:
         raise ValueError(f"start must be >= 0, got {start}")
-    if stop is not None and stop < start:
-        raise ValueError(f"stop ({stop}) must be >= start ({start})")
+    if stop is not None and stop <= start:
+        raise ValueError(f"stop ({stop}) must be > start ({start}): the selection is empty")
     if stride < 1:
         raise ValueError(f"stride must be >= 1, got {stride}")
     if max_frames is not None and max_frames < 1:
