@@ -12,6 +12,7 @@ compute dtype; GEGLU uses the exact (erf) GELU; attention goes through
 
 from __future__ import annotations
 
+import contextvars
 import math
 from dataclasses import dataclass
 
@@ -176,6 +177,20 @@ def attention(q, k, v, heads: int, implementation: str | None = None):
     return out.reshape(b, lq, inner)
 
 
+# Per-call adapter context for the attention projections (``jaxvedit.adapters`` installs it):
+# a function ``(path, x, base_output) -> output`` where ``path`` is the projection's diffusers
+# module path (``...attn1.to_q``, ``...attn1.to_out.0``). Absent (the default), the projections
+# are plain linears, bit-identical to a model without adapters.
+_PROJECTION_ADAPTER: contextvars.ContextVar = contextvars.ContextVar(
+    "jaxvedit_projection_adapter", default=None)
+
+
+def _project(layer, x, path: str):
+    y = layer(x)
+    adapter = _PROJECTION_ADAPTER.get()
+    return y if adapter is None else adapter(path, x, y)
+
+
 class Attention(nnx.Module):
     """diffusers ``Attention`` with ``AttnProcessor2_0``: self- or cross-attention.
 
@@ -209,9 +224,11 @@ class Attention(nnx.Module):
         if self.group_norm is not None:
             x = self.group_norm(x)
         context = x if context is None else context
-        h = attention(self.to_q(x), self.to_k(context), self.to_v(context), self.heads,
-                      self.attention_implementation)
-        h = self.to_out[0](h)
+        h = attention(_project(self.to_q, x, _join(self.path, "to_q")),
+                      _project(self.to_k, context, _join(self.path, "to_k")),
+                      _project(self.to_v, context, _join(self.path, "to_v")),
+                      self.heads, self.attention_implementation)
+        h = _project(self.to_out[0], h, _join(self.path, "to_out.0"))
         if image_shape is not None:
             h = h.reshape(image_shape)
         if self.residual_connection:

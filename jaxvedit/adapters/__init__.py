@@ -1,0 +1,50 @@
+"""Parameter-efficient adapters on the SD1.5 UNet: LoRA with a timestep gate, shared/unshared
+prompt tokens, adapter-only training steps and files (see docs/adapters.md)."""
+
+from jaxvedit.adapters.io import (
+    AdapterLoadError,
+    export_lora_diffusers,
+    import_lora_diffusers,
+    load_adapter,
+    lora_to_diffusers_state_dict,
+    save_adapter,
+)
+from jaxvedit.adapters.lora import (
+    PRESETS,
+    LoRA,
+    LoRAConfig,
+    LoRAUNet,
+    apply_lora,
+    attention_projections,
+    merge_lora,
+    resolve_targets,
+    unmerge_lora,
+)
+from jaxvedit.adapters.params import AdapterParam, LoRAParam, PromptTokenParam, is_base_param
+from jaxvedit.adapters.prompt_tokens import (
+    PromptTokenConfig,
+    PromptTokens,
+    build_context,
+    drop_text_condition,
+    guidance_contexts,
+    pool_tokens,
+)
+from jaxvedit.adapters.train import (
+    AdapterTrainState,
+    adapter_optimizer,
+    adapter_train_step,
+    init_adapter_training,
+    make_adapter_train_step,
+)
+
+__all__ = [
+    "AdapterLoadError", "export_lora_diffusers", "import_lora_diffusers", "load_adapter",
+    "lora_to_diffusers_state_dict", "save_adapter",
+    "PRESETS", "LoRA", "LoRAConfig", "LoRAUNet", "apply_lora", "attention_projections",
+    "merge_lora", "resolve_targets", "unmerge_lora",
+    "AdapterParam", "LoRAParam", "PromptTokenParam", "is_base_param",
+    "PromptTokenConfig", "PromptTokens", "build_context", "drop_text_condition",
+    "guidance_contexts", "pool_tokens",
+    "AdapterTrainState", "adapter_optimizer", "adapter_train_step", "init_adapter_training",
+    "make_adapter_train_step",
+]
