@@ -311,7 +311,7 @@ def _run(
     if not isinstance(schedule, NoiseSchedule):
         schedule = NoiseSchedule.from_config(schedule)
     x = jnp.asarray(latents)
-    if not jnp.issubdtype(x.dtype, jnp.floating):
+    if x.dtype != jnp.float64:  # the DDIM updates run in (at least) float32, as diffusers'
         x = x.astype(jnp.float32)
     if x.ndim != 4:
         raise ValueError(f"latents must be (B, H, W, C), got shape {x.shape}")
