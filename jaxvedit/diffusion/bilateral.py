@@ -225,7 +225,8 @@ def bilateral_filter_frames(x, *, kernel_size: int = 5, sigma_spatial: float = 1
     x = _as_float(x)
     if x.ndim < 1:
         raise ValueError("bilateral_filter_frames expects rank >= 1 with frames on axis 0, got a scalar")
-    if isinstance(kernel_size, bool) or int(kernel_size) != kernel_size or kernel_size < 3 or kernel_size % 2 == 0:
+    k = kernel_size
+    if isinstance(k, bool) or int(k) != k or k < 3 or k % 2 == 0:
         raise ValueError(f"kernel_size must be an odd integer >= 3 (radius >= 1), got {kernel_size!r}")
     _check_sigma("sigma_spatial", sigma_spatial)
     _check_sigma("sigma_range", sigma_range, allow_inf=True)

@@ -106,7 +106,9 @@ def ddim_step(
         # diffusers' arithmetic: sqrt(a_prev) * x0 + sqrt(1 - a_prev) * eps  (DDIM eq. 12, sigma=0)
         return a_prev**0.5 * x0 + (1 - a_prev) ** 0.5 * eps
     if noise is None:
-        raise ValueError("a stochastic DDIM step (eta > 0) needs `noise` (or use ddim_sample_step with a key)")
+        raise ValueError(
+            "a stochastic DDIM step (eta > 0) needs `noise` (or use ddim_sample_step with a key)"
+        )
     a_t = _bcast(alpha_prod_t, sample)
     std = jnp.asarray(eta, a_t.dtype) * ddim_variance(a_t, a_prev) ** 0.5
     direction = (1 - a_prev - std**2) ** 0.5 * eps

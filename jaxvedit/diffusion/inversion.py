@@ -180,7 +180,9 @@ def _split_predictor(unet) -> tuple[_Predictor, Any]:
         graphdef, state = nnx.split(unet)
         return _Predictor(graphdef=graphdef), state
     if not callable(unet):
-        raise ValueError(f"unet must be an nnx.Module or a callable f(sample, timesteps, context), got {type(unet)}")
+        raise ValueError(
+            f"unet must be an nnx.Module or a callable f(sample, timesteps, context), got {type(unet)}"
+        )
     takes_hooks = True
     try:
         params = inspect.signature(unet).parameters.values()
@@ -260,7 +262,10 @@ def _ddim_loop(params, x, ctx, uctx, ts, a_cur, a_next, guidance, eta, key, fsig
     def body(xc, inp):
         t, ac, an, k = inp
         if spec.filter_mode == "latent":
-            xc = _bilateral_latent(xc, ss, sr, radius=spec.radius, relative=spec.relative, window=spec.window)  # eq. 9-11: x'_t = B(x_t)
+            # eq. 9-11: x'_t = B(x_t)
+            xc = _bilateral_latent(
+                xc, ss, sr, radius=spec.radius, relative=spec.relative, window=spec.window
+            )
         mo = predict(xc, t)  # eq. 12: eps(x'_t, t)
         noise = jax.random.normal(k, xc.shape, xc.dtype) if spec.stochastic else None
         xn = ddim_step(
@@ -400,7 +405,9 @@ def ddim_invert(
     Args:
         unet: ``nnx.Module`` or callable ``f(sample, timesteps, encoder_hidden_states)``.
         latents: ``(B, H, W, C)`` clean latents (frames in the batch).
-        context / uncond_context: ``(B, L, D)``, ``(1, L, D)`` or ``(L, D)``.
+        context / uncond_context: ``(B, L, D)``, ``(1, L, D)`` or ``(L, D)``. Guidance runs
+            only when ``guidance_scale != 1`` (then ``uncond_context`` is required); at 1 the
+            unconditional branch is skipped.
         schedule: :class:`NoiseSchedule` (or a diffusers scheduler config dict / path).
         filter: ``None`` / ``"none"`` / ``"latent"`` / ``"features"`` / a
             :class:`BilateralFilterConfig`.
