@@ -189,6 +189,25 @@ def test_nnx_module_weights_are_arguments():
     np.testing.assert_allclose(np.asarray(b), np.asarray(ref), atol=1e-6)
 
 
+class _UnhashablePredictor:
+    __hash__ = None
+
+    def __call__(self, x, t, ctx):
+        return eps_fn(x, t, ctx)
+
+
+def test_unhashable_callable_predictor():
+    x, c = _data(10)
+    f = _UnhashablePredictor()
+    a = ddim_invert(f, x, c, SCHED, num_inference_steps=N)
+    size = inv_mod._ddim_loop._cache_size()
+    b = ddim_invert(f, x + 1, c, SCHED, num_inference_steps=N)  # same object: no recompilation
+    assert inv_mod._ddim_loop._cache_size() == size
+    np.testing.assert_allclose(np.asarray(a), np.asarray(ddim_invert(eps_fn, x, c, SCHED, num_inference_steps=N)),
+                               atol=1e-6)
+    assert not np.allclose(np.asarray(a), np.asarray(b))
+
+
 def test_input_errors():
     x, c = _data(9)
     with pytest.raises(ValueError, match="latents"):

@@ -16,6 +16,7 @@ from jaxvedit.diffusion import (
     default_feature_paths,
     sd15_schedule,
 )
+from jaxvedit.diffusion import inversion as inv_mod
 from jaxvedit.models.hooks import FeatureHooks
 from jaxvedit.models.unet import UNet2DConditionModel
 
@@ -64,6 +65,7 @@ def _rel_rms(a, b):
 def reconstruction_errors():
     x, ctx = _frames()
     errs = {}
+    size = inv_mod._ddim_loop._cache_size()
     for scale in (1.0, 0.1):
         unet = _unet(scale)
         for n in (10, 50):
@@ -74,6 +76,8 @@ def reconstruction_errors():
             errs[scale, n] = _rel_rms(rec, x)
             if scale == 1.0 and n == 10:
                 errs["plain_xT"] = xT
+    # two programs (10 and 50 steps), shared by inversion and sampling and by both weight sets
+    assert inv_mod._ddim_loop._cache_size() - size == 2
     return errs
 
 

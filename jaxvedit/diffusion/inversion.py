@@ -161,13 +161,23 @@ def _as_filter(filter) -> BilateralFilterConfig:
 # --------------------------------------------------------------------------- the predictor
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class _Predictor:
-    """Static description of the noise predictor: an NNX graphdef or a plain callable."""
+    """Static description of the noise predictor: an NNX graphdef (compared by value) or a plain
+    callable (compared by identity, so unhashable callables work; the jit cache keeps it alive)."""
 
     graphdef: Any = None
     fn: Callable | None = None
     takes_hooks: bool = True
+
+    def _key(self):
+        return (self.graphdef, id(self.fn), self.takes_hooks)
+
+    def __hash__(self):
+        return hash(self._key())
+
+    def __eq__(self, other):
+        return isinstance(other, _Predictor) and self._key() == other._key() and self.fn is other.fn
 
     def bind(self, params):
         if self.graphdef is not None:
