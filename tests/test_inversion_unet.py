@@ -118,3 +118,21 @@ def test_features_filter_through_unet_hooks(reconstruction_errors):
     assert sorted(hooks.captured) == ["up_blocks.1.attentions.0.transformer_blocks.0.attn1",
                                       "up_blocks.1.attentions.1.transformer_blocks.0.attn1"]
     assert hooks.captured[sorted(hooks.captured)[0]].shape == (3, 8 * 8, 32)  # (frames, H*W, C)
+
+
+@pytest.mark.slow
+def test_default_feature_paths_on_full_sd15_architecture():
+    """SD1.5: the default features-filter pattern taps the three attn1 outputs of up_blocks.3,
+    (frames, 64*64, 320) at 64x64 latents (abstract evaluation only: no weights, no compile)."""
+    from reference import SD15_UNET_CONFIG
+
+    unet = nnx.eval_shape(lambda: UNet2DConditionModel.from_config(SD15_UNET_CONFIG, rngs=nnx.Rngs(0)))
+    paths = default_feature_paths(unet)
+    assert paths == ("up_blocks.3.attentions.*.transformer_blocks.*.attn1",)
+    hooks = FeatureHooks(capture=paths)
+    graphdef, state = nnx.split(unet)
+    jax.eval_shape(lambda s, a, c: nnx.merge(graphdef, s)(a, 1, c, hooks=hooks), state,
+                   jax.ShapeDtypeStruct((2, 64, 64, 4), jnp.float32),
+                   jax.ShapeDtypeStruct((2, 77, 768), jnp.float32))
+    assert sorted(hooks.captured) == [f"up_blocks.3.attentions.{i}.transformer_blocks.0.attn1" for i in range(3)]
+    assert all(v.shape == (2, 64 * 64, 320) for v in hooks.captured.values())
