@@ -278,3 +278,67 @@ def test_adapter_params_are_their_own_type(unet):
     assert n_lora == n_adapter == 2 * len(model.lora.paths)
     assert n_base + n_adapter == n_all
     assert n_base == len(jax.tree.leaves(nnx.state(unet, nnx.Param)))
+
+
+def test_sd15_presets_and_sizes():
+    """Preset sizes on the full SD1.5 UNet (abstract: no weights are materialised)."""
+    from reference import SD15_UNET_CONFIG
+
+    full = nnx.eval_shape(lambda: UNet2DConditionModel(SD15_UNET_CONFIG, rngs=nnx.Rngs(0)))
+    sizes = {}
+    for preset in ("down", "all"):
+        lora = nnx.eval_shape(lambda: LoRA(full, LoRAConfig(rank=4, targets=preset)))
+        n = sum(int(np.prod(v.value.shape)) for v in jax.tree.leaves(
+            nnx.state(lora, LoRAParam), is_leaf=lambda x: isinstance(x, nnx.Variable)))
+        sizes[preset] = (len(lora.paths), n)
+    print(f"SD1.5 LoRA rank 4: down = {sizes['down'][0]} projections, {sizes['down'][1]} params; "
+          f"all = {sizes['all'][0]} projections, {sizes['all'][1]} params")
+    assert sizes["down"][0] == 3 * 2 * 2 * 4  # 3 cross-attn down blocks x 2 layers x 2 attns x 4
+    assert sizes["all"][0] == (6 + 1 + 9) * 2 * 4  # + mid + 3 cross-attn up blocks x 3 layers
+
+
+def test_combined_step_lora_and_prompt_tokens_with_temporal_loss(unet):
+    """One jitted step trains LoRA and prompt tokens together on the gated total loss (temporal
+    features tapped by hooks); the gate switches without recompiling; base stays bit-identical."""
+    from jaxvedit.adapters import PromptTokenConfig, PromptTokens
+    from jaxvedit.losses.total import LossConfig, total_loss
+    from jaxvedit.models.hooks import FeatureHooks
+
+    class Adapted(nnx.Module):
+        def __init__(self, unet):
+            self.model = apply_lora(unet, LoRAConfig(tau=0.5), nnx.Rngs(0))
+            self.tokens = PromptTokens(PromptTokenConfig(n_share=2, vision_dim=16, context_dim=32),
+                                       rngs=nnx.Rngs(1))
+
+    tap = "up_blocks.1.attentions.*.transformer_blocks.0.attn1"
+    m = Adapted(unet)
+    base_before = [np.array(v) for v in jax.tree.leaves(nnx.state(m, is_base_param))]
+
+    def loss_fn(mod, batch, key):
+        frames = batch["x"].shape[0]
+        noise = jax.random.normal(key, batch["x"].shape)
+        ctx = mod.tokens.context(batch["vision"], batch["text"])
+        hooks = FeatureHooks(capture=[tap])
+        eps = mod.model(batch["x"] + noise, batch["t"], ctx, hooks=hooks)
+        loss, parts = total_loss(eps, noise, dict(hooks.captured), batch["t"][0],
+                                 LossConfig(lambda_temporal=1.0))
+        assert len(hooks.captured) == 2 and frames == 4
+        return loss, parts
+
+    state = init_adapter_training(m, optax.adam(1e-3))
+    step = make_adapter_train_step(loss_fn, state)
+    x, text = _inputs(batch=4, ctx_len=3)
+    vision = jnp.asarray(np.random.RandomState(2).randn(4, 8, 16), jnp.float32)
+    gates = []
+    for t in (900, 100, 700):
+        batch = {"x": x, "t": jnp.full((4,), t), "vision": vision, "text": text}
+        _, parts = state.step(step, batch, jax.random.PRNGKey(t))
+        gates.append(float(parts["gate"]))
+    assert gates == [1.0, 0.0, 1.0]
+    assert step._cache_size() == 1
+    state.write_back(m)
+    assert all(np.array_equal(a, b) for a, b in
+               zip(base_before, jax.tree.leaves(nnx.state(m, is_base_param))))
+    assert np.any(np.asarray(m.model.lora.layers[0].lora_B.value))
+    assert not np.array_equal(m.tokens.shared.value,
+                              PromptTokens(m.tokens.config, rngs=nnx.Rngs(1)).shared.value)

@@ -197,13 +197,15 @@ class LoRA(nnx.Module):
         except ValueError:
             raise KeyError(f"LoRA has no layer for {path!r}") from None
 
-    def gate(self, timesteps, batch: int) -> jax.Array:
-        """``(B,)`` float gate: 1 where ``t >= tau * num_train_timesteps`` (always 1 if no tau)."""
+    def gate(self, timesteps, batch: int, tau: float | None = None) -> jax.Array:
+        """``(B,)`` float gate: 1 where ``t >= tau * num_train_timesteps`` (always 1 if no tau).
+        ``tau`` overrides the config's (e.g. 0.9 at inference after training with 0.5)."""
         t = jnp.broadcast_to(jnp.asarray(timesteps), (batch,))
         cfg = self.config
-        if not cfg.tau:
+        tau = cfg.tau if tau is None else tau
+        if not tau:
             return jnp.ones((batch,), jnp.float32)
-        return (t >= cfg.tau * cfg.num_train_timesteps).astype(jnp.float32)
+        return (t >= tau * cfg.num_train_timesteps).astype(jnp.float32)
 
     def active(self, timesteps=None, *, ratio: float | jax.Array = 1.0, gate: jax.Array | None = None):
         """Context manager: during a UNet forward inside it, every targeted projection adds
@@ -263,8 +265,12 @@ def apply_lora(unet: nnx.Module, config: LoRAConfig | None = None, rngs: nnx.Rng
 class LoRAUNet(nnx.Module):
     """A UNet with a LoRA adapter, callable as a noise predictor.
 
-    ``eps = model(sample, timesteps, encoder_hidden_states, lora_ratio=1.0, hooks=None, ...)``:
-    the gate is computed from ``timesteps`` inside the call (so inside the caller's jit). The
+    ``eps = model(sample, timesteps, encoder_hidden_states, lora_ratio=1.0, lora_tau=None,
+    adapter_gate=None, hooks=None, ...)``: the gate is computed from ``timesteps`` inside the call
+    (so inside the caller's jit) with the config's tau, or ``lora_tau`` (inference: 0.9), or
+    given directly as ``adapter_gate`` (scalar or ``(B,)``); ``lora_ratio`` scales the update
+    (inference: 0.5). Only the UNet call runs under the adapter: a ControlNet (same module
+    paths) called outside it is not adapted. The
     base weights are ``model.unet`` (plain ``nnx.Param``), the adapter's ``model.lora``
     (``LoRAParam``). When the LoRA is merged, the call runs the merged UNet without the adapter.
     """
@@ -274,11 +280,12 @@ class LoRAUNet(nnx.Module):
         self.lora = lora
 
     def __call__(self, sample, timesteps, encoder_hidden_states, *, lora_ratio=1.0,
-                 adapter_gate=None, **kwargs):
+                 lora_tau: float | None = None, adapter_gate=None, **kwargs):
         if self.lora.merged_ratio:
             return self.unet(sample, timesteps, encoder_hidden_states, **kwargs)
         b = sample.shape[0]
-        gate = adapter_gate if adapter_gate is not None else self.lora.gate(timesteps, b)
+        gate = (adapter_gate if adapter_gate is not None
+                else self.lora.gate(timesteps, b, tau=lora_tau))
         with self.lora.active(gate=gate, ratio=lora_ratio):
             return self.unet(sample, timesteps, encoder_hidden_states, **kwargs)
 
