@@ -24,8 +24,8 @@ import dataclasses
 import functools
 import inspect
 import math
-from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
