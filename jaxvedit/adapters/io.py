@@ -71,9 +71,6 @@ def save_adapter(path: str | os.PathLike, adapter, *, extra: dict | None = None)
     """Write ``adapter`` (a :class:`LoRA` or :class:`PromptTokens`) to the folder ``path``."""
     from safetensors.numpy import save_file
 
-    if isinstance(adapter, LoRA) and adapter.merged_ratio:
-        raise ValueError("save the LoRA unmerged (its matrices are unchanged by merging, but a "
-                         "merged adapter is a sign the base weights are being saved instead)")
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {k: np.ascontiguousarray(v) for k, v in adapter_tensors(adapter).items()}

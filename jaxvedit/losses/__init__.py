@@ -6,3 +6,9 @@ from jaxvedit.losses.temporal import (
 )
 
 __all__ = ["frame_similarities", "temporal_consistency_loss", "cross_timestep_loss"]
+
+# diffusion and total losses (appended by the adapters/losses work)
+from jaxvedit.losses.diffusion import diffusion_loss  # noqa: E402
+from jaxvedit.losses.total import LossConfig, temporal_gate, temporal_term, total_loss  # noqa: E402
+
+__all__ += ["diffusion_loss", "LossConfig", "temporal_gate", "temporal_term", "total_loss"]
