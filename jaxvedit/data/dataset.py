@@ -186,19 +186,23 @@ class ClipDataset:
             cache_file = self.cache_dir / f"{rec.path.stem}-{key}.npz"
             if cache_file.is_file():
                 try:
-                    self.videos.append(self._load_cache(cache_file, rec))
-                    hits += 1
-                    continue
+                    cached = self._load_cache(cache_file, rec)
                 except Exception as err:  # a damaged cache entry is rebuilt
                     log(f"cache entry {cache_file.name} unreadable ({err}); re-encoding")
+                else:
+                    hits += 1
+                    if len(cached.latents) < span:
+                        self._skip(log, self._too_short(rec, len(cached.latents), span))
+                    else:
+                        self.videos.append(cached)
+                    continue
             try:
                 video = vio.read_video(rec.path, max_frames=max_frames)
             except Exception as err:
                 self._skip(log, f"{rec.path}: does not decode ({err})")
                 continue
             if video.num_frames < span:
-                self._skip(log, f"{rec.path}: has {video.num_frames} frames, fewer than one clip of "
-                                f"{frames} frames (stride {frame_stride} spans {span})")
+                self._skip(log, self._too_short(rec, video.num_frames, span))
                 continue
             frames_rgb = vio.resize_center_crop(video.frames, resolution)
             depth = None
@@ -217,6 +221,10 @@ class ClipDataset:
                                + "; ".join(self.skipped[:5]) + ")")
         log(f"dataset {self.folder} ({self.layout}): {len(self.videos)} videos "
             f"({hits} from cache), {len(self.skipped)} skipped")
+
+    def _too_short(self, rec: VideoRecord, n: int, span: int) -> str:
+        return (f"{rec.path}: has {n} frames, fewer than one clip of {self.frames} frames "
+                f"(stride {self.stride} spans {span})")
 
     def _skip(self, log, message: str) -> None:
         self.skipped.append(message)

@@ -22,6 +22,7 @@ class CheckpointStore:
             self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
 
     def save(self, step: int, params, opt_state, meta: dict) -> None:
+        self.manager.wait_until_finished()  # never touch a checkpoint still being written
         if step in (self.manager.all_steps() or []):
             self.manager.delete(step)  # a re-save of the same step (e.g. final after periodic)
         self.manager.save(step, args=ocp.args.Composite(
