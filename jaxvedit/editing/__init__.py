@@ -1,0 +1,16 @@
+"""Text-driven video editing (SPEC §4): bilateral DDIM inversion + DDIM sampling with the target
+prompt, adapters, cross-frame attention, chunking (see docs/editing.md)."""
+
+from jaxvedit.editing.config import DEMO_OVERRIDES, DEMO_SAMPLE, EditConfig
+from jaxvedit.editing.cross_frame import cross_frame_attention
+from jaxvedit.editing.pipeline import (EditResult, Editor, check_output_path, chunk_indices,
+                                       edit_video, filter_config, find_adapter_parts,
+                                       load_source_frames, prepare_demo)
+from jaxvedit.editing.predictor import EditPredictor
+from jaxvedit.editing.recon import reconstruction_metrics
+
+__all__ = [
+    "DEMO_OVERRIDES", "DEMO_SAMPLE", "EditConfig", "cross_frame_attention", "EditResult", "Editor",
+    "check_output_path", "chunk_indices", "edit_video", "filter_config", "find_adapter_parts",
+    "load_source_frames", "prepare_demo", "EditPredictor", "reconstruction_metrics",
+]

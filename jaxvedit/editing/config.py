@@ -1,0 +1,121 @@
+"""The editing configuration: one typed dataclass; ``python -m jaxvedit.edit --help`` is generated
+from it (every option, its default and its help line)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from jaxvedit.training.config import opt
+
+
+@dataclass(frozen=True)
+class EditConfig:
+    """Edit a video with a text prompt (SPEC §4): bilateral DDIM inversion of the source frames
+    with the source prompt, then DDIM sampling with the target prompt and classifier-free
+    guidance, optionally through a trained adapter (gated LoRA + prompt tokens) and with
+    cross-frame attention. With no --video and no --model it runs the embedded demo: the tiny
+    random model on a generated sample clip, on CPU."""
+
+    # input / output
+    video: str | None = opt(None, "input video: mp4/webm/gif/... or a folder of frames "
+                            "(default: the demo's generated sample clip)", "input/output")
+    prompt: str | None = opt(None, "target prompt (what the edited video should show)", "input/output")
+    source_prompt: str = opt("", "prompt describing the source video, used for the inversion "
+                             "(empty: the empty prompt)", "input/output")
+    out: str | None = opt(None, "output video (H.264 mp4, written at the source frame rate); its "
+                          "folder must exist (default: edited.mp4; the demo: <output-dir>/edited.mp4)",
+                          "input/output")
+    frames_out: str | None = opt(None, "also write the edited frames as PNGs into this folder",
+                                 "input/output")
+    gif: str | None = opt(None, "also write an animated GIF here (the demo: <output-dir>/edited.gif)",
+                          "input/output")
+    resolution: int = opt(512, "frames are resized and center-cropped to this square size "
+                          "(a multiple of 8)", "input/output")
+    start: int = opt(0, "first source frame to use", "input/output")
+    stop: int | None = opt(None, "stop before this source frame (default: the end)", "input/output")
+    stride: int = opt(1, "take every n-th source frame (the output fps is the source fps / n)",
+                      "input/output")
+    max_frames: int | None = opt(None, "edit at most this many frames", "input/output")
+    fps: float | None = opt(None, "frame rate of a frame folder input (default 8), or override "
+                            "a container's", "input/output")
+
+    # model and adapter
+    model: str | None = opt(None, "SD1.5 weights: a diffusers folder (or a Hugging Face repo id) "
+                            "with unet/ vae/ text_encoder/ tokenizer/ (default: the demo's tiny "
+                            "model)", "model")
+    adapter: str | None = opt(None, "trained adapter folder (<run>/adapter with lora/ and/or "
+                              "prompt_tokens/, or one of them); none: the plain model", "model")
+    vision_model: str | None = opt(None, "CLIP vision tower for the prompt tokens (default: the "
+                                   "model folder's image_encoder/)", "model")
+    lora_tau: float = opt(0.9, "LoRA timestep gate at inference: the LoRA acts for t >= tau * 1000 "
+                          "(SPEC §2: 0.9; 0 = always)", "model")
+    lora_ratio: float = opt(0.5, "LoRA merge ratio: scale of the LoRA update (SPEC §2: 0.5)", "model")
+    lora_merge: bool = opt(False, "fold the LoRA into the UNet weights at --lora-ratio (fast, "
+                           "but ungated: --lora-tau is ignored)", "model")
+    dtype: Literal["float32", "bfloat16"] = opt("float32", "compute dtype (bfloat16 on GPUs)", "model")
+
+    # sampling
+    steps: int = opt(50, "DDIM steps (inversion and sampling)", "sampling")
+    guidance_scale: float = opt(7.5, "classifier-free guidance scale of the sampling", "sampling")
+    inversion_guidance: float = opt(1.0, "guidance scale of the inversion (1: none, the usual)",
+                                    "sampling")
+    eta: float = opt(0.0, "DDIM eta of the sampling (0: deterministic)", "sampling")
+    seed: int = opt(0, "seed of the sampling noise (only used when eta > 0)", "sampling")
+    cross_frame: bool = opt(False, "cross-frame attention: every frame's self-attention also "
+                            "attends to the first frame's keys and values", "sampling")
+    batch_frames: int = opt(8, "frames per chunk through the UNet (memory); with --cross-frame "
+                            "the first frame is carried in every chunk", "sampling")
+
+    # bilateral filter of the inversion
+    filter: Literal["none", "latent", "features"] = opt(
+        "latent", "bilateral filter during inversion: none, latent (paper, eq. 9-12) or features "
+        "(authors' code: along frames on up-block self-attention outputs)", "filter")
+    filter_radius: int = opt(2, "latent filter: window radius (latent pixels)", "filter")
+    filter_sigma_spatial: float = opt(1.0, "spatial sigma (latent pixels / frames)", "filter")
+    filter_sigma_range: float | None = opt(None, "range sigma (default 0.1 latent, 1.0 features)",
+                                           "filter")
+    filter_range_mode: Literal["absolute", "relative"] = opt(
+        "absolute", "latent filter: range sigma absolute or relative to each channel's std", "filter")
+    filter_window: Literal["square", "disk"] = opt("square", "latent filter window", "filter")
+    filter_kernel_size: int = opt(5, "features filter: odd kernel size along frames", "filter")
+    filter_paths: tuple[str, ...] = opt((), "features filter: UNet module paths / patterns "
+                                        "(default: the last up block's attn1)", "filter")
+
+    # run
+    output_dir: str = opt("runs/edit-demo", "demo only: where the tiny model, the sample clip and "
+                          "the outputs go", "run")
+    progress: bool = opt(True, "show a progress bar", "run")
+
+    def __post_init__(self):
+        if self.prompt is not None and not self.prompt.strip():
+            raise ValueError("empty prompt: give the target prompt with --prompt \"...\"")
+        if self.resolution < 8 or self.resolution % 8:
+            raise ValueError(f"resolution={self.resolution} must be a positive multiple of 8 "
+                             "(the VAE downsamples by 8)")
+        for name in ("steps", "batch_frames", "stride", "filter_radius"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+        if self.max_frames is not None and self.max_frames < 1:
+            raise ValueError(f"max_frames={self.max_frames} must be >= 1")
+        if self.start < 0:
+            raise ValueError(f"start={self.start} must be >= 0")
+        if self.filter_kernel_size < 3 or self.filter_kernel_size % 2 == 0:
+            raise ValueError(f"filter_kernel_size={self.filter_kernel_size} must be odd and >= 3")
+        if not 0.0 <= self.lora_tau <= 1.0:
+            raise ValueError(f"lora_tau={self.lora_tau} must be in [0, 1]")
+        if self.eta < 0:
+            raise ValueError(f"eta={self.eta} must be >= 0")
+
+    @property
+    def is_demo(self) -> bool:
+        return self.video is None and self.model is None
+
+
+# the embedded demo: applied to options the user did not set, when neither --video nor --model is
+DEMO_SAMPLE = dict(frames=8, size=64, fps=8, seed=0, color="red", shape="square", direction="right")
+DEMO_OVERRIDES = dict(
+    prompt="a blue square moving right", source_prompt="a red square moving right",
+    resolution=64, steps=20,
+    batch_frames=4, cross_frame=True,
+)

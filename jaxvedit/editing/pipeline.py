@@ -1,0 +1,400 @@
+"""The edit pipeline (SPEC §4): read frames, VAE-encode, invert the source latents with the
+source prompt (bilateral DDIM inversion), DDIM-sample from the inverted latents with the target
+prompt and classifier-free guidance, decode, write. See ``docs/editing.md``.
+
+Frames go through the UNet in chunks of ``batch_frames`` (every chunk padded to that size by
+repeating its last frame, so every chunk runs the same compiled program). With cross-frame
+attention the clip's first frame is *carried*: chunks after the first are ``[frame 0, next
+batch_frames - 1 frames]``, frame 0 is inverted and sampled again with them as the attention
+anchor, and its copy is dropped from that chunk's output.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxvedit.adapters import AdapterLoadError, load_adapter, merge_lora
+from jaxvedit.diffusion import BilateralFilterConfig, ddim_invert, ddim_sample, default_feature_paths
+from jaxvedit.diffusion.schedules import NoiseSchedule
+from jaxvedit.editing.config import DEMO_SAMPLE, EditConfig
+from jaxvedit.editing.predictor import EditPredictor
+
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov")
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# checks before any heavy work
+
+
+def check_output_path(path: str | Path, what: str = "output") -> Path:
+    """The folder of ``path`` must exist (nothing is created), and ``path`` is no directory."""
+    p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"{what} path is a directory: {p}")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise FileNotFoundError(f"{what} folder does not exist: {parent} (writing {p}); create it first")
+    return p
+
+
+def filter_config(cfg: EditConfig, unet=None) -> BilateralFilterConfig:
+    if cfg.filter == "none":
+        return BilateralFilterConfig.none()
+    if cfg.filter == "latent":
+        return BilateralFilterConfig.latent(radius=cfg.filter_radius, sigma_spatial=cfg.filter_sigma_spatial,
+                                            sigma_range=cfg.filter_sigma_range,
+                                            range_mode=cfg.filter_range_mode, window=cfg.filter_window)
+    paths = tuple(cfg.filter_paths) or default_feature_paths(unet)
+    return BilateralFilterConfig.features(kernel_size=cfg.filter_kernel_size,
+                                          sigma_spatial=cfg.filter_sigma_spatial,
+                                          sigma_range=cfg.filter_sigma_range, feature_paths=paths)
+
+
+def chunk_indices(num_frames: int, batch_frames: int, carry_first: bool) -> list[tuple[list[int], list[int]]]:
+    """``[(indices, keep)]``: the frame indices of each chunk (padded to one size by repeating the
+    last) and the positions in it whose results belong to the output (each frame exactly once)."""
+    if num_frames <= batch_frames:
+        return [(list(range(num_frames)), list(range(num_frames)))]
+    if carry_first and batch_frames < 2:
+        raise ValueError("cross-frame attention over several chunks needs batch_frames >= 2 "
+                         "(the first frame is carried in every chunk)")
+    out = []
+    if carry_first:
+        out.append((list(range(batch_frames)), list(range(batch_frames))))
+        rest = list(range(batch_frames, num_frames))
+        for i in range(0, len(rest), batch_frames - 1):
+            part = rest[i:i + batch_frames - 1]
+            out.append(([0] + part, list(range(1, len(part) + 1))))
+    else:
+        for i in range(0, num_frames, batch_frames):
+            part = list(range(i, min(i + batch_frames, num_frames)))
+            out.append((part, list(range(len(part)))))
+    return [(idx + [idx[-1]] * (batch_frames - len(idx)), keep) for idx, keep in out]
+
+
+# ----------------------------------------------------------------------------------------------
+# adapters
+
+
+def find_adapter_parts(path: str | Path) -> dict[str, Path]:
+    """``{"lora": folder, "prompt_tokens": folder}`` (either may be absent) of an adapter folder:
+    ``<run>/adapter`` with ``lora/`` and/or ``prompt_tokens/``, or one adapter folder itself."""
+    import json
+
+    from jaxvedit.adapters.io import CONFIG_NAME
+
+    p = Path(path)
+    if not p.is_dir():
+        raise FileNotFoundError(f"adapter folder not found: {p}")
+    if (p / CONFIG_NAME).is_file():
+        kind = json.loads((p / CONFIG_NAME).read_text()).get("kind")
+        if kind not in ("lora", "prompt_tokens"):
+            raise AdapterLoadError(f"unknown adapter kind {kind!r} in {p / CONFIG_NAME}")
+        return {kind: p}
+    parts = {k: p / k for k in ("lora", "prompt_tokens") if (p / k / CONFIG_NAME).is_file()}
+    if not parts:
+        raise FileNotFoundError(f"no adapter in {p}: expected lora/ and/or prompt_tokens/ with "
+                                f"{CONFIG_NAME} (as python -m jaxvedit.train writes to <run>/adapter)")
+    return parts
+
+
+# ----------------------------------------------------------------------------------------------
+# the editor
+
+
+def _jit_method(module, fn):
+    graphdef, state = nnx.split(module)
+    run = jax.jit(lambda s, x: fn(nnx.merge(graphdef, s), x))
+    return lambda x: run(state, x)
+
+
+def _batched(fn, x: np.ndarray, batch: int) -> np.ndarray:
+    """``fn`` over ``x`` in batches of one fixed size (last one padded): one compiled program."""
+    n = len(x)
+    bs = max(1, min(batch, n))
+    out = []
+    for i in range(0, n, bs):
+        part = x[i:i + bs]
+        pad = bs - len(part)
+        if pad:
+            part = np.concatenate([part, np.repeat(part[-1:], pad, axis=0)])
+        out.append(np.asarray(fn(jnp.asarray(part)))[:bs - pad])
+    return np.concatenate(out)
+
+
+@dataclass
+class EditResult:
+    frames: np.ndarray  # (T, H, W, 3) uint8 edited
+    latents: np.ndarray  # edited latents
+    inverted: np.ndarray  # x_T of the inversion
+    reconstruction: np.ndarray | None = None  # frames sampled back with the source prompt, no CFG
+    timings: dict = field(default_factory=dict)
+
+
+class Editor:
+    """The loaded model (UNet, VAE, text encoder, tokenizer, schedule) and optional adapter.
+
+    One editor serves several edits (``python -m jaxvedit.compare`` runs its variants on one).
+    """
+
+    def __init__(self, model: str, *, adapter: str | None = None, vision_model: str | None = None,
+                 dtype: str = "float32", lora_merge: bool = False, lora_ratio: float = 0.5,
+                 batch_frames: int = 8):
+        from jaxvedit.models import load_components
+        from jaxvedit.models.clip import load_tokenizer
+        from jaxvedit.models.loading import resolve_source
+
+        self.batch_frames = batch_frames
+        kind, root = resolve_source(model, ("unet", "vae", "text_encoder", "tokenizer", "scheduler",
+                                            "image_encoder"))
+        if kind != "folder" or not (root / "tokenizer").is_dir():
+            raise FileNotFoundError(f"--model {model}: no tokenizer/ folder (a single-file checkpoint "
+                                    "carries none: use a diffusers folder)")
+        self.root = root
+        jdtype = jnp.bfloat16 if dtype == "bfloat16" else jnp.float32
+        comps = load_components(root, ("unet", "vae", "text_encoder"), dtype=jdtype)
+        self.unet, self.vae, self.text_encoder = comps["unet"], comps["vae"], comps["text_encoder"]
+        self.tokenizer = load_tokenizer(root)
+        sched = root / "scheduler" / "scheduler_config.json"
+        self.schedule = NoiseSchedule.from_config(sched) if sched.is_file() else NoiseSchedule.sd15()
+        self._encode = _jit_method(self.vae, lambda m, x: m.encode_to_latents(x))
+        self._decode = _jit_method(self.vae, lambda m, z: m.decode_latents(z))
+        self._text = _jit_method(self.text_encoder, lambda m, ids: m(ids).last_hidden_state)
+        self.lora = self.tokens = self.vision = None
+        self.adapter_path = adapter
+        if adapter is not None:
+            self._load_adapter(adapter, vision_model)
+            if self.lora is not None and lora_merge:
+                merge_lora(self.unet, self.lora, ratio=lora_ratio)
+
+    # -- adapter
+    def _load_adapter(self, path: str, vision_model: str | None) -> None:
+        from jaxvedit.models.clip import CLIPVisionModel
+
+        parts = find_adapter_parts(path)
+        if "lora" in parts:
+            self.lora = load_adapter(parts["lora"], self.unet)
+        if "prompt_tokens" in parts:
+            tokens = load_adapter(parts["prompt_tokens"])
+            ctx_dim = self.unet.config.cross_attention_dim
+            ctx_dim = ctx_dim if isinstance(ctx_dim, int) else ctx_dim[0]
+            if tokens.config.context_dim != ctx_dim:
+                raise AdapterLoadError(
+                    f"cannot load prompt_tokens adapter {parts['prompt_tokens']}: tensor shared has "
+                    f"width {tokens.config.context_dim}, the UNet's cross-attention dim is {ctx_dim} "
+                    "(made for another model?)")
+            if vision_model:
+                src, sub = vision_model, None
+            elif (self.root / "image_encoder" / "config.json").is_file():
+                src, sub = self.root, "image_encoder"
+            else:
+                raise FileNotFoundError(
+                    f"the prompt tokens of {path} need a CLIP vision tower: {self.root} has no "
+                    "image_encoder/, give --vision-model (e.g. openai/clip-vit-base-patch32)")
+            self.vision = CLIPVisionModel.from_pretrained(src, subfolder=sub)
+            if self.vision.config.hidden_size != tokens.config.vision_dim:
+                raise AdapterLoadError(
+                    f"cannot load prompt_tokens adapter {parts['prompt_tokens']}: tensor proj_kernel "
+                    f"expects vision width {tokens.config.vision_dim}, the vision tower has "
+                    f"{self.vision.config.hidden_size} (another --vision-model?)")
+            self.tokens = tokens
+            self._vision = _jit_method(self.vision, lambda m, x: m(x).last_hidden_state)
+
+    # -- encoders
+    def encode_frames(self, frames: np.ndarray) -> np.ndarray:
+        from jaxvedit.data.video import to_model_range
+
+        return _batched(self._encode, to_model_range(frames), self.batch_frames)
+
+    def decode_latents(self, latents: np.ndarray) -> np.ndarray:
+        from jaxvedit.data.video import from_model_range
+
+        x = _batched(self._decode, np.asarray(latents, np.float32), self.batch_frames)
+        return from_model_range(x)
+
+    def text_embeddings(self, prompts: list[str]) -> np.ndarray:
+        from jaxvedit.models.clip import tokenize
+
+        n = min(int(self.tokenizer.model_max_length),
+                int(self.text_encoder.config.max_position_embeddings))
+        return np.asarray(self._text(jnp.asarray(tokenize(self.tokenizer, prompts, max_length=n))),
+                          np.float32)
+
+    def contexts(self, frames: np.ndarray, prompts: list[str], use_tokens: bool) -> list[np.ndarray]:
+        """One context per prompt: ``(1, L, D)`` text only, or ``(T, P + L, D)`` with the prompt
+        tokens ``[T_share; Z_unshare(frame); text]``."""
+        text = self.text_embeddings(prompts)
+        if not (use_tokens and self.tokens is not None):
+            return [t[None] for t in text]
+        from jaxvedit.metrics import clip_preprocess
+
+        pixels = clip_preprocess(frames, self.vision.config.image_size)
+        hidden = _batched(self._vision, pixels, self.batch_frames)
+        prefix = np.asarray(self.tokens(jnp.asarray(hidden)), np.float32)  # (T, P, D)
+        return [np.concatenate([prefix, np.broadcast_to(t[None], (len(prefix),) + t.shape)], axis=1)
+                for t in text]
+
+    # -- the edit
+    def edit(self, frames: np.ndarray, *, prompt: str, source_prompt: str = "", steps: int = 50,
+             guidance_scale: float = 7.5, inversion_guidance: float = 1.0, eta: float = 0.0,
+             seed: int = 0, filter: BilateralFilterConfig | None = None, cross_frame: bool = False,
+             use_adapter: bool = True, lora_tau: float = 0.9, lora_ratio: float = 0.5,
+             reconstruct: bool = False, latents: np.ndarray | None = None,
+             progress: bool = True) -> EditResult:
+        """Edit ``frames (T, H, W, 3) uint8`` (already at the working resolution)."""
+        from tqdm.auto import tqdm
+
+        if not prompt or not prompt.strip():
+            raise ValueError("empty prompt: give the target prompt")
+        t0 = time.perf_counter()
+        x0 = self.encode_frames(frames) if latents is None else np.asarray(latents, np.float32)
+        t_enc = time.perf_counter() - t0
+        use_lora = use_adapter and self.lora is not None and not self.lora.merged_ratio
+        src, tgt, unc = self.contexts(frames, [source_prompt, prompt, ""], use_adapter)
+        n = len(x0)
+        bf = min(self.batch_frames, n)
+        chunks = chunk_indices(n, bf, carry_first=cross_frame)
+        pred = EditPredictor(self.unet, self.lora if use_lora else None, lora_tau=lora_tau,
+                             lora_ratio=lora_ratio, cross_frame_group=bf if cross_frame else 0)
+        flt = filter if filter is not None else BilateralFilterConfig.none()
+        if flt.mode == "features" and flt.feature_paths is None:
+            flt = dataclasses.replace(flt, feature_paths=default_feature_paths(self.unet))
+        key = jax.random.key(seed)
+        inv_g = float(inversion_guidance)
+        per_frame = lambda c, idx: c[idx] if c.shape[0] == n and n > 1 else c
+        xT = np.zeros_like(x0)
+        out = np.zeros_like(x0)
+        rec = np.zeros_like(x0) if reconstruct else None
+        phases = 3 if reconstruct else 2
+        bar = tqdm(total=len(chunks) * phases, desc="edit", unit="pass", disable=not progress,
+                   dynamic_ncols=True, file=sys.stderr)
+        t1 = time.perf_counter()
+        try:
+            for ci, (idx, keep) in enumerate(chunks):
+                x = jnp.asarray(x0[idx])
+                cs, ct, cu = (jnp.asarray(per_frame(c, idx)) for c in (src, tgt, unc))
+                bar.set_postfix_str(f"chunk {ci + 1}/{len(chunks)}: invert", refresh=False)
+                inv = ddim_invert(pred, x, cs, self.schedule, num_inference_steps=steps,
+                                  guidance_scale=inv_g, uncond_context=cu if inv_g != 1 else None,
+                                  filter=flt)
+                bar.update()
+                bar.set_postfix_str(f"chunk {ci + 1}/{len(chunks)}: sample", refresh=False)
+                ed = ddim_sample(pred, inv, ct, self.schedule, num_inference_steps=steps,
+                                 guidance_scale=guidance_scale,
+                                 uncond_context=cu if guidance_scale != 1 else None, eta=eta,
+                                 key=jax.random.fold_in(key, ci) if eta > 0 else None)
+                bar.update()
+                sel, dst = np.asarray(keep), np.asarray(idx)[keep]
+                xT[dst] = np.asarray(inv)[sel]
+                out[dst] = np.asarray(ed)[sel]
+                if reconstruct:
+                    bar.set_postfix_str(f"chunk {ci + 1}/{len(chunks)}: reconstruct", refresh=False)
+                    r = ddim_sample(pred, inv, cs, self.schedule, num_inference_steps=steps)
+                    rec[dst] = np.asarray(r)[sel]
+                    bar.update()
+        finally:
+            bar.close()
+        t_diff = time.perf_counter() - t1
+        t2 = time.perf_counter()
+        edited = self.decode_latents(out)
+        recon = self.decode_latents(rec) if reconstruct else None
+        t_dec = time.perf_counter() - t2
+        return EditResult(edited, out, xT, recon, {"encode_s": t_enc, "diffusion_s": t_diff,
+                                                    "decode_s": t_dec, "chunks": len(chunks)})
+
+
+# ----------------------------------------------------------------------------------------------
+# the whole run (python -m jaxvedit.edit)
+
+
+def prepare_demo(cfg: EditConfig) -> EditConfig:
+    """Generate the tiny model and the sample clip of the embedded demo (once), and point the
+    config's model / video / outputs at them."""
+    from jaxvedit.data.video import make_sample_video
+    from jaxvedit.models.tiny import make_tiny_model
+
+    root = Path(cfg.output_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    model_dir, video = root / "tiny-model", root / "sample.mp4"
+    if not (model_dir / "unet" / "config.json").is_file():
+        make_tiny_model(model_dir)
+    if not video.is_file():
+        make_sample_video(video, **DEMO_SAMPLE)
+    _log(f"demo: tiny random model in {model_dir}, generated sample clip {video}")
+    return dataclasses.replace(cfg, model=str(model_dir), video=str(video),
+                               out=cfg.out or str(root / "edited.mp4"),
+                               gif=cfg.gif or str(root / "edited.gif"))
+
+
+def load_source_frames(cfg: EditConfig):
+    """The selected source frames at the working resolution, and the output frame rate."""
+    from jaxvedit.data.video import read_video, resize_center_crop
+
+    video = read_video(cfg.video, start=cfg.start, stop=cfg.stop, stride=cfg.stride,
+                       max_frames=cfg.max_frames, fps=cfg.fps)
+    return resize_center_crop(video.frames, cfg.resolution), float(video.fps)
+
+
+def edit_video(cfg: EditConfig) -> dict:
+    """Run one edit as configured; returns a summary (paths, frame count, fps, timings)."""
+    from jaxvedit.data.video import write_frames, write_gif, write_video
+
+    demo = cfg.is_demo
+    if demo:
+        cfg = prepare_demo(cfg)
+    if cfg.prompt is None:
+        raise ValueError("empty prompt: give the target prompt with --prompt \"...\"")
+    if cfg.video is None:
+        raise ValueError("give --video (a video file or a folder of frames)")
+    if cfg.model is None:
+        raise ValueError("give --model (an SD1.5 diffusers folder or repo id)")
+    out = Path(cfg.out or "edited.mp4")
+    if out.suffix.lower() not in VIDEO_SUFFIXES:
+        raise ValueError(f"--out {out}: the output video must end in one of {VIDEO_SUFFIXES} "
+                         "(use --gif / --frames-out for GIFs and frame folders)")
+    check_output_path(out, "output")
+    if cfg.gif:
+        check_output_path(cfg.gif, "GIF output")
+    if cfg.frames_out:
+        fo = Path(cfg.frames_out)
+        if not fo.is_dir() and not (fo.parent if str(fo.parent) else Path(".")).is_dir():
+            raise FileNotFoundError(f"frames output folder's parent does not exist: {fo.parent} "
+                                    f"(writing {fo}); create it first")
+    frames, fps = load_source_frames(cfg)
+    _log(f"source: {cfg.video}: {len(frames)} frames at {fps:g} fps, {cfg.resolution}x{cfg.resolution}")
+    t0 = time.perf_counter()
+    editor = Editor(cfg.model, adapter=cfg.adapter, vision_model=cfg.vision_model, dtype=cfg.dtype,
+                    lora_merge=cfg.lora_merge, lora_ratio=cfg.lora_ratio, batch_frames=cfg.batch_frames)
+    t_load = time.perf_counter() - t0
+    res = editor.edit(frames, prompt=cfg.prompt, source_prompt=cfg.source_prompt, steps=cfg.steps,
+                      guidance_scale=cfg.guidance_scale, inversion_guidance=cfg.inversion_guidance,
+                      eta=cfg.eta, seed=cfg.seed, filter=filter_config(cfg, editor.unet),
+                      cross_frame=cfg.cross_frame, use_adapter=True, lora_tau=cfg.lora_tau,
+                      lora_ratio=cfg.lora_ratio, progress=cfg.progress)
+    write_video(out, res.frames, fps)
+    written = {"video": str(out)}
+    if cfg.gif:
+        write_gif(cfg.gif, res.frames, min(fps, 50.0))
+        written["gif"] = str(cfg.gif)
+    if cfg.frames_out:
+        write_frames(cfg.frames_out, res.frames, overwrite=True)
+        written["frames"] = str(cfg.frames_out)
+    return {"outputs": written, "frames": int(len(res.frames)), "fps": fps,
+            "resolution": cfg.resolution, "steps": cfg.steps, "filter": cfg.filter,
+            "cross_frame": cfg.cross_frame, "adapter": cfg.adapter,
+            "adapter_parts": sorted(k for k, v in (("lora", editor.lora), ("prompt_tokens", editor.tokens))
+                                    if v is not None),
+            "demo": demo, "timings": {"load_s": t_load, **res.timings}}
