@@ -51,7 +51,8 @@ class CompareConfig:
     max_frames: int | None = opt(None, "at most this many frames", "input")
     fps: float | None = opt(None, "frame rate of a frame-folder input (default 8)", "input")
 
-    model: str | None = opt(None, "SD1.5 diffusers folder or repo id (default: the demo's tiny model)", "model")
+    model: str | None = opt(None, "SD1.5 diffusers folder or repo id (default: the demo's tiny model)",
+                            "model")
     adapter: str | None = opt(None, "trained adapter folder (<run>/adapter); none: only the variants "
                               "without adapter (the demo trains one, see --demo-adapter-steps)", "model")
     vision_model: str | None = opt(None, "CLIP vision tower for the prompt tokens", "model")
@@ -70,7 +71,8 @@ class CompareConfig:
     batch_frames: int = opt(8, "frames per UNet chunk", "edit")
     filter_radius: int = opt(2, "latent filter radius", "edit")
     filter_sigma_spatial: float = opt(1.0, "filter spatial sigma", "edit")
-    filter_sigma_range: float | None = opt(None, "filter range sigma (default 0.1 latent, 1.0 features)", "edit")
+    filter_sigma_range: float | None = opt(None, "filter range sigma (default 0.1 latent, 1.0 features)",
+                                           "edit")
     filter_kernel_size: int = opt(5, "features filter kernel size along frames", "edit")
 
     output_dir: str = opt("runs/compare", "where results.json, results.md, strip.png and the videos go "
@@ -152,8 +154,10 @@ def _clip_towers(cfg: CompareConfig, model_root: Path):
                                       load_tokenizer)
 
     notes = {}
-    src = [(cfg.clip_model, None, None)] if cfg.clip_model else [(model_root, "image_encoder", "text_encoder")]
-    folder, vsub, tsub = src[0]
+    if cfg.clip_model:
+        folder, vsub, tsub = cfg.clip_model, None, None
+    else:
+        folder, vsub, tsub = model_root, "image_encoder", "text_encoder"
     vision = text = tok = None
     try:
         vision = CLIPVisionModelWithProjection.from_pretrained(folder, subfolder=vsub)
