@@ -62,3 +62,29 @@ def test_bilateral_scale_equivariance_and_bound():
         J = jax.jacobian(lambda z: ddim.bil(z.reshape(ddim.SHAPE), s1).ravel())(x.ravel())
         assert float(jnp.linalg.norm(J, 2)) <= ddim.bilateral_lipschitz_bound(2, 1.0)
     assert ddim.bilateral_lipschitz_bound(2, 1.0) > 1.0
+
+
+def test_lanczos_hessian_at_larger_size_below_corrected_bound():
+    r = loss.c1_hvp_custom(None)
+    assert r["hvp_ok"], r
+
+
+@pytest.mark.parametrize("radius,ss", [(1, 1.0), (2, 1.0), (2, 0.5)])
+def test_bilateral_column_weight_worst_case_is_the_corner_of_a_large_image(radius, ss):
+    """G_col (used in Lambda) is computed on a (4r+3)^2 image; no image size reads a pixel with
+    more spatial weight (small images merge more offsets into a pixel, but never more)."""
+    offs = ddim._offsets(radius)
+    g = {o: math.exp(-(o[0] ** 2 + o[1] ** 2) / (2 * ss ** 2)) for o in offs}
+
+    def gcol(h, w):
+        G = np.zeros((h, w))
+        for i in range(h):
+            for j in range(w):
+                for (dy, dx), v in g.items():
+                    G[min(max(i + dy, 0), h - 1), min(max(j + dx, 0), w - 1)] += v
+        return G.max()
+
+    ref = gcol(4 * radius + 3, 4 * radius + 3)
+    for h in range(1, 10):
+        for w in (1, 2, 3, 7):
+            assert gcol(h, w) <= ref + 1e-12

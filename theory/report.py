@@ -54,20 +54,31 @@ def part_evidence(p: dict) -> str:
         if o and math.isfinite(o.get("worst_ratio", math.inf)):
             meth = max((k for k, v in o["by_method"].items() if v is not None and v > 1),
                        key=lambda k: o["by_method"][k], default="?")
-            bits.append(f"counterexample `{p.get('counterexample')}`: quantity {_fmt(o['worst_q'])}"
-                        f" > bound {_fmt(o['worst_b'])} (ratio {_fmt(o['worst_ratio'])}, "
-                        f"best found by {meth})")
+            rp = p.get("replay") or {}
+            bits.append(f"stored counterexample `{p.get('counterexample')}` replays: quantity "
+                        f"{_fmt(rp.get('quantity'))} > bound {_fmt(rp.get('bound'))} "
+                        f"(ratio {_fmt(rp.get('ratio'))}); this run's search: worst ratio "
+                        f"{_fmt(o['worst_ratio'])} in {o['n_evals']} evaluations (best by {meth})")
         else:
             bits.append(f"constructed counterexample `{p.get('counterexample')}`"
                         + (f": {o['evidence']}" if o and o.get("evidence") else ""))
     elif o:
         bits.append(f"no violation in {o['n_evals']} evaluations; worst ratio "
                     f"{_fmt(o['worst_ratio'])}")
+    if p.get("hvp_check"):
+        bits.append("HVP Lanczos at larger sizes: " + ", ".join(
+            f"T={r['T']} frames {tuple(r['frame_shape'])}: {_fmt(r['lanczos'])} <= "
+            f"{_fmt(r['bound'])}" for r in p["hvp_check"]))
     c = p.get("corrected")
     if c:
         bits.append(f"corrected: {'VIOLATED' if c['violated'] else 'unbroken'} in "
                     f"{c['n_evals']} evaluations, worst ratio {_fmt(c['worst_ratio'])}")
     return "; ".join(bits)
+
+
+def _cell(s: str) -> str:
+    """Markdown table cell: escape pipes (norms are written ||x||)."""
+    return str(s).replace("|", "\\|")
 
 
 def _clean(x):
@@ -101,8 +112,8 @@ def write_report(results: list[dict], cfg: SearchConfig, *, out_dir: Path = REPO
             ev += "<br>" + "<br>".join(f"sympy: {s['name']} -> {'pass' if s['passed'] else 'FAIL'}"
                                        for s in sym)
         tight = ", ".join(f"{p['part']}: {_fmt(p.get('tightness'))}" for p in r["parts"])
-        lines.append(f"| {r['kind']} {r['id']} | {r['paper']} | **{r['verdict']}** | {ev} | "
-                     f"{tight} |")
+        lines.append(f"| {r['kind']} {r['id']} | {_cell(r['paper'])} | **{r['verdict']}** | "
+                     f"{_cell(ev)} | {tight} |")
     lines += ["", "## Search budgets", "",
               "| claim | part | paper's statement searched with | corrected statement searched with |",
               "|---|---|---|---|"]

@@ -25,8 +25,8 @@ CE_DIR = Path(__file__).parent / "counterexamples"
 
 @dataclasses.dataclass
 class SearchConfig:
-    n_random: int = 48          # random admissible samples per static config
-    n_hypothesis: int = 40      # hypothesis examples per static config
+    n_random: int = 40          # random admissible samples per static config
+    n_hypothesis: int = 30      # hypothesis examples per static config
     restarts: int = 2           # adversarial restarts (from the best random samples)
     steps: int = 80             # Adam steps per restart
     lr: float = 0.05
@@ -281,6 +281,7 @@ def run_part(claim: Claim, part: Part, cfg: SearchConfig, *, save: bool = False,
             if save or not p.exists():
                 save_counterexample(claim, part, rec)
             res["counterexample"] = str(p.relative_to(CE_DIR.parent.parent))
+            res["replay"] = replay_counterexample(claim, part, p)
     if part.corrected is not None:
         crec = _run_cached(part.corrected, cfg, hypothesis)
         res["corrected"] = _summ(part.corrected, crec)
