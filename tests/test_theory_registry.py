@@ -17,7 +17,7 @@ EXPECTED = ["C.1", "C.2", "C.3", "C.4", "C.5", "C.6", "C.7", "C.8", "C.9", "C.10
 REFUTED_PARTS = [
     ("C.1", "lipschitz"), ("C.2", "bound"), ("C.3", "gradient"), ("C.3", "lipschitz"),
     ("C.4", "step"), ("C.4", "convexity"), ("C.6", "one_step"), ("C.7", "nonexpansive"),
-    ("C.7", "fixed_point"), ("C.8", "step"), ("C.9", "unrolled"), ("C.10", "bound"),
+    ("C.7", "fixed_point"), ("C.7", "relative"), ("C.8", "step"), ("C.9", "unrolled"), ("C.10", "bound"),
     ("C.12", "termA"), ("C.13", "termB"), ("C.14", "eq121"), ("C.14", "eq125"),
 ]
 

@@ -35,6 +35,8 @@ class Statement:
     tol: float = 1e-7              # relative slack before a ratio > 1 counts as a violation
     atol: float = 1e-12            # absolute slack (round-off) on quantity - bound
     proof: str = ""                # where the written proof is (docs/theory.md anchor)
+    check: str = ("random admissible samples + hypothesis arrays steered by target(log ratio) "
+                  "+ Adam ascent on log(quantity/bound), float64")
 
 
 @dataclasses.dataclass

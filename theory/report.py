@@ -199,12 +199,15 @@ def make_plots(results: list[dict], out_dir: Path) -> list[str]:
 
 
 def print_table(results: list[dict]) -> str:
-    rows = [("claim", "verdict", "tightness", "evidence")]
+    rows = [("claim", "statement", "verdict", "tightness", "evidence")]
     for r in results:
         ev = " | ".join(f"{p['part']}: {part_evidence(p)}" for p in r["parts"])
-        rows.append((f"{r['kind'][0]} {r['id']}", r["verdict"], _fmt(r["tightness"]),
-                     ev[:150] + ("..." if len(ev) > 150 else "")))
-    w = [max(len(x[i]) for x in rows) for i in range(3)]
-    txt = "\n".join(f"{a:{w[0]}}  {b:{w[1]}}  {c:{w[2]}}  {d}" for a, b, c, d in rows)
+        st = r["paper"]
+        rows.append((f"{r['kind'][0]} {r['id']}", st[:58] + ("..." if len(st) > 58 else ""),
+                     r["verdict"], _fmt(r["tightness"]),
+                     ev[:120] + ("..." if len(ev) > 120 else "")))
+    w = [max(len(x[i]) for x in rows) for i in range(4)]
+    txt = "\n".join(f"{a:{w[0]}}  {b:{w[1]}}  {c:{w[2]}}  {t:{w[3]}}  {d}"
+                    for a, b, c, t, d in rows)
     print(txt)
     return txt

@@ -296,7 +296,8 @@ def run_part(claim: Claim, part: Part, cfg: SearchConfig, *, save: bool = False,
 
 def _summ(stmt: Statement, rec: SearchRecord) -> dict:
     return {"text": stmt.text, "hypotheses": stmt.hypotheses, "quantity": stmt.quantity,
-            "bound": stmt.bound, "worst_ratio": rec.worst_ratio, "worst_q": rec.worst_q,
+            "bound": stmt.bound, "check": stmt.check, "proof": stmt.proof,
+            "worst_ratio": rec.worst_ratio, "worst_q": rec.worst_q,
             "worst_b": rec.worst_b, "worst_static": rec.worst_static,
             "violated": rec.violated, "n_evals": rec.n_evals, "budget": rec.budget,
             "by_method": rec.by_method, "seconds": round(rec.seconds, 2)}

@@ -149,6 +149,22 @@ c7_fixed = Statement(
     q=lambda i, s: jnp.linalg.norm(bil(i["x"], s) - i["y"]), b=lambda i, s: _dist(i),
     params=None)
 
+def bil_relative(x, s):
+    from jaxvedit.diffusion.bilateral import bilateral_filter_latent
+    return bilateral_filter_latent(x, radius=s["radius"], sigma_spatial=s["ss"],
+                                   sigma_range=s["sr"], range_mode="relative")
+
+
+c7_relative = Statement(
+    text="non-expansiveness for the library's relative range mode (sigma_r = sigma_range x the "
+         "channel's std): ||B(x) - B(y)||_2 <= ||x - y||_2",
+    hypotheses="range_mode='relative', sigma_range 0.5, radius 2, sigma_s 1",
+    quantity="||B(x) - B(y)||_2", bound="||x - y||_2",
+    grid=[{"radius": 2, "ss": 1.0, "sr": 0.5}], dim=_lip_dim, to_inputs=_lip_inputs,
+    q=lambda i, s: jnp.linalg.norm(bil_relative(i["x"], s) - bil_relative(i["y"], s)),
+    b=lambda i, s: _dist(i), params=None)
+
+
 c7_corr = Statement(
     text="||B(x) - B(y)||_2 <= Lambda(r, sigma_s) ||x - y||_2, Lambda = sqrt((1 + 2A)((1 + A) + "
          "max_k sum_pairs g h*(g))) (docs/theory.md#c7), independent of sigma_r, the data and "
@@ -324,7 +340,11 @@ register(Claim(
                "operator; eq. 59-60 also bound a sup by a 2-norm and then sum over all y, "
                "which loses a factor sqrt(#pixels)."),
      Part("fixed_point", c7_fixed, None,
-          note="eq. 56 assumes B(x_bar) = x_bar; x = x_bar already violates it.")]))
+          note="eq. 56 assumes B(x_bar) = x_bar; x = x_bar already violates it."),
+     Part("relative", c7_relative, None,
+          note="the library's relative range mode is expansive too; sigma_r then depends on x, "
+               "so the certificate Lambda does not apply and no corrected constant is claimed "
+               "(left open).")]))
 
 register(Claim(
     "C.8", "Lemma", "Error propagation in a single DDIM step",

@@ -104,6 +104,8 @@ c1_orig = Statement(
     hypotheses="||F_t||_F <= M for all t (upper bound only), F_t != 0",
     quantity="spectral norm of the Hessian of L_temporal (dense eigvalsh; Lanczos on HVPs "
              "cross-checks)",
+    check="search as usual; the quantity is the exact spectral norm (eigvalsh of the autodiff "
+          "Hessian, differentiable, so Adam ascends it); Lanczos on HVPs at larger sizes",
     bound="16/M", grid=GRID_M, dim=_dimF,
     to_inputs=lambda raw, s: {"F": _frames(raw, s["T"], lambda z: _upper(z, s["M"]))},
     q=lambda i, s: _hess_norm(i["F"]), b=lambda i, s: 16.0 / s["M"], params=_params)
@@ -114,6 +116,8 @@ c1_corr = Statement(
          "c_T = 4, 6, 8 for T = 3, 4, >=5; so grad L is K_T/m^2-Lipschitz on convex subsets of "
          "S_m (no upper bound M needed)",
     hypotheses="||F_t||_F >= m > 0 for all t",
+    check="search as usual; the quantity is the exact spectral norm (eigvalsh of the autodiff "
+          "Hessian, differentiable, so Adam ascends it); Lanczos on HVPs at larger sizes",
     quantity="spectral norm of the Hessian of L_temporal", bound="K_T / m^2",
     grid=GRID_m, dim=_dimF,
     to_inputs=lambda raw, s: {"F": _frames(raw, s["T"], lambda z: _lower(z, s["m"]))},
@@ -356,7 +360,9 @@ c5_s = Statement(
     grid=[{"T": 3}, {"T": 6}], dim=lambda s: 2 * (s["T"] - 1) + 1, to_inputs=_c5_inputs,
     q=lambda i, s: loss_of_s(i["lam"] * i["a"] + (1 - i["lam"]) * i["b"]) + 1e-300,
     b=lambda i, s: i["lam"] * loss_of_s(i["a"]) + (1 - i["lam"]) * loss_of_s(i["b"]) + 1e-300,
-    tol=1e-9, params=lambda i, s: {"T": s["T"]})
+    tol=1e-9, params=lambda i, s: {"T": s["T"]},
+    check="search of the Jensen inequality on the library loss of features realising s exactly; "
+          "sympy: D^T D PSD, quadratic form = eq. 22 (T = 3..12)")
 
 
 def c5_custom(cfg) -> dict:
