@@ -88,3 +88,17 @@ def test_bilateral_column_weight_worst_case_is_the_corner_of_a_large_image(radiu
     for h in range(1, 10):
         for w in (1, 2, 3, 7):
             assert gcol(h, w) <= ref + 1e-12
+
+
+def test_hessian_scales_like_inverse_square_norm():
+    """L(lam F) = L(F), so Hess L(lam F) = Hess L(F) / lam^2: on {||F_t|| <= M} the Hessian is
+    unbounded as lam -> 0 -- no Lipschitz constant exists (Thm C.1 refuted for every constant,
+    not only for 16/M)."""
+    with jax.enable_x64(True):
+        F = jax.random.normal(jax.random.PRNGKey(5), (4, loss.N))
+        F = F / jnp.max(jnp.linalg.norm(F, axis=1))          # all norms <= M = 1
+        h1 = float(numerics.hessian_exact_norm(loss.loss, F))
+        for lam in (1e-1, 1e-2, 1e-3):
+            h = float(numerics.hessian_exact_norm(loss.loss, lam * F))
+            assert h == pytest.approx(h1 / lam ** 2, rel=1e-6)
+        assert h > 1e6 * 16.0
