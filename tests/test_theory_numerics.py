@@ -101,4 +101,4 @@ def test_hessian_scales_like_inverse_square_norm():
         for lam in (1e-1, 1e-2, 1e-3):
             h = float(numerics.hessian_exact_norm(loss.loss, lam * F))
             assert h == pytest.approx(h1 / lam ** 2, rel=1e-6)
-        assert h > 1e6 * 16.0
+        assert h > 1e5 * 16.0       # 16/M is exceeded by five orders of magnitude at lam = 1e-3
