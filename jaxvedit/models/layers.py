@@ -166,6 +166,24 @@ class ResnetBlock2D(nnx.Module):
         return emit(self.path, out)
 
 
+def choose_attention_implementation(requested: str | None, dtype, head_dim: int) -> str | None:
+    """The kernel for one attention call.
+
+    ``None`` (default): cuDNN's fused flash attention on a GPU for bf16/fp16 inputs whose head
+    dimension it supports (a multiple of 8, at most 128), otherwise XLA's (which materialises the
+    score matrix: fine on CPU and for short sequences). ``"cudnn"`` asks for cuDNN but falls back
+    to XLA for unsupported head dimensions (SD1.5's 1280-channel blocks have 160), ``"xla"``
+    forces XLA.
+    """
+    if requested == "xla":
+        return "xla"
+    fused_ok = (jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+                and head_dim % 8 == 0 and head_dim <= 128 and jax.default_backend() == "gpu")
+    if requested == "cudnn":
+        return "cudnn" if fused_ok else "xla"
+    return "cudnn" if fused_ok else None
+
+
 def attention(q, k, v, heads: int, implementation: str | None = None):
     """Multi-head scaled dot-product attention on ``(B, L, heads*D)`` projections."""
     b, lq, inner = q.shape
@@ -173,7 +191,8 @@ def attention(q, k, v, heads: int, implementation: str | None = None):
     q = q.reshape(b, lq, heads, d)
     k = k.reshape(b, k.shape[1], heads, d)
     v = v.reshape(b, v.shape[1], heads, d)
-    out = jax.nn.dot_product_attention(q, k, v, scale=d ** -0.5, implementation=implementation)
+    impl = choose_attention_implementation(implementation, q.dtype, d)
+    out = jax.nn.dot_product_attention(q, k, v, scale=d ** -0.5, implementation=impl)
     return out.reshape(b, lq, inner)
 
 
