@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import out_dir, print_table, write_json  # noqa: E402
+from common import print_table, write_json  # noqa: E402
 
 
 def run(cmd: list[str], timeout: int) -> list[dict]:

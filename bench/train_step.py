@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -138,7 +137,6 @@ def _count_flops(make_step, loss_fn, state, batch, key) -> float:
 
 
 def run_torch(args, compile_mode: bool):
-    import numpy as np
     import torch
     import torch.nn.functional as F
     from diffusers import UNet2DConditionModel

@@ -16,7 +16,7 @@ two diffusion timesteps; each feature is then a pair ``(feats_at_t_a, feats_at_t
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import jax

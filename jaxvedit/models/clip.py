@@ -20,7 +20,6 @@ hidden dropout (inference only; CLIP configs use 0.0 anyway).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -34,6 +33,7 @@ import numpy as np
 from flax import nnx, struct
 
 from jaxvedit.models import weights as _weights
+from jaxvedit.models.config import read_config
 
 __all__ = [
     "CLIPTextConfig",
@@ -165,21 +165,6 @@ def _check_heads(cfg) -> None:
                          f"{cfg.num_attention_heads}")
 
 
-def _read_config_source(config: str | os.PathLike | Mapping[str, Any]) -> dict:
-    if isinstance(config, Mapping):
-        return dict(config)
-    path = Path(config)
-    if path.is_dir():
-        path = path / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"CLIP config not found: {path}")
-    with open(path) as f:
-        try:
-            return json.load(f)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"cannot parse CLIP config {path}: {err}") from err
-
-
 def load_clip_config(config: str | os.PathLike | Mapping[str, Any] | CLIPTextConfig | CLIPVisionConfig,
                      which: str):
     """A transformers CLIP config (dict, ``config.json`` path or its folder) -> our config.
@@ -195,7 +180,7 @@ def load_clip_config(config: str | os.PathLike | Mapping[str, Any] | CLIPTextCon
         return config
     if isinstance(config, (CLIPTextConfig, CLIPVisionConfig)):
         raise ValueError(f"expected a {cls.__name__}, got a {type(config).__name__}")
-    d = _read_config_source(config)
+    d = read_config(config, what="CLIP config")
     sub_key = f"{which}_config"
     other = "vision" if which == "text" else "text"
     model_type = d.get("model_type", "")

@@ -11,27 +11,28 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 
 class UnsupportedConfigError(ValueError):
     """A config asks for an architecture variant this port does not implement."""
 
 
-def read_config(source: str | os.PathLike | dict) -> dict:
-    if isinstance(source, dict):
+def read_config(source: str | os.PathLike | Mapping, what: str = "config") -> dict:
+    """A config dict from a dict, a ``config.json`` path or the folder holding it."""
+    if isinstance(source, Mapping):
         return dict(source)
     path = Path(source)
     if path.is_dir():
         path = path / "config.json"
     if not path.is_file():
-        raise FileNotFoundError(f"config not found: {path}")
+        raise FileNotFoundError(f"{what} not found: {path}")
     with open(path) as f:
         try:
             return json.load(f)
         except json.JSONDecodeError as err:
-            raise ValueError(f"config {path} is not valid JSON: {err}") from err
+            raise ValueError(f"cannot parse {what} {path}: {err}") from err
 
 
 def build_config(cls, raw: dict, *, allowed: dict[str, tuple], what: str):

@@ -11,8 +11,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
-import os
 import signal
 import sys
 import time
@@ -140,7 +138,7 @@ class Components:
             return np.concatenate([np.asarray(enc(jnp.asarray(x[i:i + batch])))
                                    for i in range(0, len(x), batch)])
 
-        vision_fn = None
+        vision_fn = None  # no unshared tokens: nothing to encode
         if self.vision is not None:
             vis = self.vision
             size = vis.config.image_size
