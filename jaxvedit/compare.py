@@ -231,6 +231,8 @@ def run_compare(cfg: CompareConfig) -> dict:
 
     demo = cfg.is_demo
     out = Path(cfg.output_dir)
+    if demo:
+        out.mkdir(parents=True, exist_ok=True)  # the demo's own folder (runs/compare-demo)
     if not out.is_dir():
         if not (out.parent if str(out.parent) else Path(".")).is_dir():
             raise FileNotFoundError(f"output folder's parent does not exist: {out.parent} "

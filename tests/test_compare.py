@@ -87,3 +87,20 @@ def test_reconstruction_metrics_match_skimage():
     assert got["ssim"] == pytest.approx(want_ssim, abs=1e-9)
     with pytest.raises(ValueError, match="differ in shape"):
         reconstruction_metrics(a, b[:2])
+
+
+def test_compare_demo_runs_from_an_empty_folder(tmp_path):
+    """The embedded demo (no --video / --model) works in a fresh folder: it creates runs/ itself."""
+    import os
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "jaxvedit.compare", "--no-progress", "--steps", "3",
+                           "--demo-adapter-steps", "1", "--variants", "plain", "adapter"],
+                          cwd=tmp_path, env={**os.environ, "JAX_PLATFORMS": "cpu"},
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / "runs" / "compare-demo"
+    for name in ("results.json", "results.md", "strip.png"):
+        assert (out / name).is_file(), name
+    assert "real weights" in proc.stderr
