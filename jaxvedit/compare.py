@@ -44,7 +44,7 @@ class CompareConfig:
     video: str | None = opt(None, "input video or frame folder (default: the demo's sample clip)", "input")
     prompt: str | None = opt(None, "target prompt", "input")
     source_prompt: str = opt("", "prompt describing the source video (for the inversion)", "input")
-    resolution: int = opt(512, "square working resolution (a multiple of 8)", "input")
+    resolution: int = opt(512, "square working resolution (a multiple of 64)", "input")
     start: int = opt(0, "first source frame", "input")
     stop: int | None = opt(None, "stop before this source frame", "input")
     stride: int = opt(1, "take every n-th source frame", "input")
@@ -85,8 +85,8 @@ class CompareConfig:
     def __post_init__(self):
         if self.prompt is not None and not self.prompt.strip():
             raise ValueError("empty prompt: give the target prompt with --prompt \"...\"")
-        if self.resolution < 8 or self.resolution % 8:
-            raise ValueError(f"resolution={self.resolution} must be a positive multiple of 8")
+        if self.resolution < 64 or self.resolution % 64:
+            raise ValueError(f"resolution={self.resolution} must be a positive multiple of 64")
         unknown = [v for v in self.variants if v not in VARIANTS]
         if unknown:
             raise ValueError(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")

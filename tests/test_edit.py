@@ -100,10 +100,10 @@ def test_empty_prompt(tmp_path, sample, tiny, capsys):
     assert rc == 2 and "empty prompt" in err  # no --prompt at all (outside the demo)
 
 
-def test_resolution_not_multiple_of_8(tmp_path, sample, tiny, capsys):
+def test_resolution_not_multiple_of_64(tmp_path, sample, tiny, capsys):
     rc, err = _run(["--video", sample, "--model", tiny, "--prompt", "a cat", "--resolution", 60,
                     "--out", tmp_path / "o.mp4"], capsys)
-    assert rc == 2 and "resolution=60 must be a positive multiple of 8" in err
+    assert rc == 2 and "resolution=60 must be a positive multiple of 64" in err
 
 
 def test_output_in_missing_folder(tmp_path, sample, tiny, capsys):
@@ -192,6 +192,17 @@ def test_chunked_cross_frame_equals_one_chunk(editor, frames):
     editor.batch_frames = 8
     assert chunked.timings["chunks"] == 3 and whole.timings["chunks"] == 1
     np.testing.assert_allclose(chunked.latents, whole.latents, atol=1e-4 * whole.latents.std())
+
+
+def test_negative_prompt(editor, frames):
+    kw = dict(prompt="a blue circle", source_prompt="a red square", steps=3, guidance_scale=3.0,
+              filter=BilateralFilterConfig.none(), progress=False)
+    plain = editor.edit(frames, **kw)
+    neg = editor.edit(frames, negative_prompt="blurry, low res", **kw)
+    np.testing.assert_array_equal(neg.inverted, plain.inverted)  # the inversion does not use it
+    assert np.abs(neg.latents - plain.latents).max() > 1e-3  # the guidance does
+    with pytest.raises(ValueError, match="negative prompt needs guidance_scale != 1"):
+        editor.edit(frames, **{**kw, "guidance_scale": 1.0}, negative_prompt="blurry")
 
 
 def test_features_filter_path_runs(editor, frames):

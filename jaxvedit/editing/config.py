@@ -31,7 +31,15 @@ class EditConfig:
     gif: str | None = opt(None, "also write an animated GIF here (the demo: <output-dir>/edited.gif)",
                           "input/output")
     resolution: int = opt(512, "frames are resized and center-cropped to this square size "
-                          "(a multiple of 8)", "input/output")
+                          "(a multiple of 64)", "input/output")
+    width: int | None = opt(None, "frame width, a multiple of 64 (default: --resolution); with "
+                            "--height for non-square edits, e.g. 672x384", "input/output")
+    height: int | None = opt(None, "frame height, a multiple of 64 (default: --resolution)",
+                             "input/output")
+    preview: bool = opt(True, "also write a preview strip PNG beside the video "
+                        "(<out>_preview.png: source and edited frames)", "input/output")
+    keep_audio: bool = opt(True, "copy the source's audio stream (the edited span) into the "
+                           "output video", "input/output")
     start: int = opt(0, "first source frame to use", "input/output")
     stop: int | None = opt(None, "stop before this source frame (default: the end)", "input/output")
     stride: int = opt(1, "take every n-th source frame (the output fps is the source fps / n)",
@@ -55,13 +63,30 @@ class EditConfig:
                            "but ungated: --lora-tau is ignored)", "model")
     dtype: Literal["float32", "bfloat16"] = opt("float32", "compute dtype (bfloat16 on GPUs)", "model")
 
+    # method
+    method: Literal["plain", "tokenflow"] = opt(
+        "plain", "plain: inversion + guided sampling per chunk; tokenflow: the TokenFlow host "
+        "(plug-and-play injection, extended attention over keyframes, propagation)", "method")
+    pnp_f_t: float = opt(0.8, "tokenflow: fraction of the steps that inject the residual-block "
+                         "features (TokenFlow's pnp_f_t)", "method")
+    pnp_attn_t: float = opt(0.5, "tokenflow: fraction of the steps that inject self-attention "
+                            "queries / keys (TokenFlow's pnp_attn_t)", "method")
+    tokenflow_batch: int = opt(8, "tokenflow: frames per batch; each batch gets one random "
+                               "keyframe per step (TokenFlow's batch_size)", "method")
+    keyframe_group: int = opt(8, "tokenflow: keyframes per extended-attention group (memory "
+                              "bound for long videos; 0: all keyframes in one, as TokenFlow)",
+                              "method")
+
     # sampling
     steps: int = opt(50, "DDIM steps (inversion and sampling)", "sampling")
     guidance_scale: float = opt(7.5, "classifier-free guidance scale of the sampling", "sampling")
     inversion_guidance: float = opt(1.0, "guidance scale of the inversion (1: none, the usual)",
                                     "sampling")
     eta: float = opt(0.0, "DDIM eta of the sampling (0: deterministic)", "sampling")
-    seed: int = opt(0, "seed of the sampling noise (only used when eta > 0)", "sampling")
+    negative_prompt: str = opt("", "negative prompt: the unconditional branch of the guidance "
+                               "(needs --guidance-scale != 1)", "sampling")
+    seed: int = opt(0, "seed of the sampling noise (eta > 0) and of TokenFlow's keyframes",
+                    "sampling")
     cross_frame: bool = opt(False, "cross-frame attention: every frame's self-attention also "
                             "attends to the first frame's keys and values", "sampling")
     batch_frames: int = opt(8, "frames per chunk through the UNet (memory); with --cross-frame "
@@ -90,9 +115,21 @@ class EditConfig:
     def __post_init__(self):
         if self.prompt is not None and not self.prompt.strip():
             raise ValueError("empty prompt: give the target prompt with --prompt \"...\"")
-        if self.resolution < 8 or self.resolution % 8:
-            raise ValueError(f"resolution={self.resolution} must be a positive multiple of 8 "
-                             "(the VAE downsamples by 8)")
+        for name in ("resolution", "width", "height"):
+            v = getattr(self, name)
+            if v is not None and (v < 64 or v % 64):
+                raise ValueError(f"{name}={v} must be a positive multiple of 64 (SD's latents are "
+                                 "1/8 of the frame and the UNet halves them 3 times), e.g. "
+                                 f"{max(64, v // 64 * 64)} or {max(64, -(-v // 64) * 64)}")
+        if self.negative_prompt and self.guidance_scale == 1.0:
+            raise ValueError("a negative prompt needs --guidance-scale != 1 (at guidance 1 the "
+                             "unconditional branch, where the negative prompt goes, is not run)")
+        if self.tokenflow_batch < 1 or self.keyframe_group < 0:
+            raise ValueError(f"tokenflow_batch={self.tokenflow_batch} must be >= 1 and "
+                             f"keyframe_group={self.keyframe_group} >= 0")
+        for name in ("pnp_f_t", "pnp_attn_t"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name}={getattr(self, name)} must be in [0, 1]")
         for name in ("steps", "batch_frames", "stride", "filter_radius"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
@@ -110,6 +147,11 @@ class EditConfig:
     @property
     def is_demo(self) -> bool:
         return self.video is None and self.model is None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """The working ``(height, width)``."""
+        return (self.height or self.resolution, self.width or self.resolution)
 
 
 # the embedded demo: applied to options the user did not set, when neither --video nor --model is

@@ -180,6 +180,21 @@ class Editor:
             if self.lora is not None and lora_merge:
                 merge_lora(self.unet, self.lora, ratio=lora_ratio)
 
+    @classmethod
+    def from_components(cls, unet, vae, text_encoder, tokenizer, schedule: NoiseSchedule | None = None,
+                        *, batch_frames: int = 8) -> "Editor":
+        """An editor on models already built (no folder, no adapter): benchmarks, random
+        weights."""
+        self = cls.__new__(cls)
+        self.batch_frames, self.root, self.adapter_path = batch_frames, None, None
+        self.unet, self.vae, self.text_encoder, self.tokenizer = unet, vae, text_encoder, tokenizer
+        self.schedule = schedule if schedule is not None else NoiseSchedule.sd15()
+        self._encode = _jit_method(self.vae, lambda m, x: m.encode_to_latents(x))
+        self._decode = _jit_method(self.vae, lambda m, z: m.decode_latents(z))
+        self._text = _jit_method(self.text_encoder, lambda m, ids: m(ids).last_hidden_state)
+        self.lora = self.tokens = self.vision = None
+        return self
+
     # -- adapter
     def _load_adapter(self, path: str, vision_model: str | None) -> None:
         from jaxvedit.models.clip import CLIPVisionModel
@@ -253,17 +268,22 @@ class Editor:
              seed: int = 0, filter: BilateralFilterConfig | None = None, cross_frame: bool = False,
              use_adapter: bool = True, lora_tau: float = 0.9, lora_ratio: float = 0.5,
              reconstruct: bool = False, latents: np.ndarray | None = None,
-             progress: bool = True) -> EditResult:
-        """Edit ``frames (T, H, W, 3) uint8`` (already at the working resolution)."""
+             progress: bool = True, negative_prompt: str = "") -> EditResult:
+        """Edit ``frames (T, H, W, 3) uint8`` (already at the working resolution).
+        ``negative_prompt`` replaces the empty prompt in the sampling's guidance."""
         from tqdm.auto import tqdm
 
         if not prompt or not prompt.strip():
             raise ValueError("empty prompt: give the target prompt")
+        if negative_prompt and float(guidance_scale) == 1.0:
+            raise ValueError("a negative prompt needs guidance_scale != 1 (at guidance 1 the "
+                             "unconditional branch, where the negative prompt goes, is not evaluated)")
         t0 = time.perf_counter()
         x0 = self.encode_frames(frames) if latents is None else np.asarray(latents, np.float32)
         t_enc = time.perf_counter() - t0
         use_lora = use_adapter and self.lora is not None and not self.lora.merged_ratio
-        src, tgt, unc = self.contexts(frames, [source_prompt, prompt, ""], use_adapter)
+        src, tgt, unc, neg = self.contexts(frames, [source_prompt, prompt, "", negative_prompt],
+                                           use_adapter)
         n = len(x0)
         bf = min(self.batch_frames, n)
         chunks = chunk_indices(n, bf, carry_first=cross_frame)
@@ -285,17 +305,19 @@ class Editor:
         try:
             for ci, (idx, keep) in enumerate(chunks):
                 x = jnp.asarray(x0[idx])
-                cs, ct, cu = (jnp.asarray(per_frame(c, idx)) for c in (src, tgt, unc))
+                cs, ct, cu, cn = (jnp.asarray(per_frame(c, idx)) for c in (src, tgt, unc, neg))
                 bar.set_postfix_str(f"chunk {ci + 1}/{len(chunks)}: invert", refresh=False)
                 inv = ddim_invert(pred, x, cs, self.schedule, num_inference_steps=steps,
                                   guidance_scale=inv_g, uncond_context=cu if inv_g != 1 else None,
                                   filter=flt)
+                jax.block_until_ready(inv)  # the bar counts finished work, not dispatched work
                 bar.update()
                 bar.set_postfix_str(f"chunk {ci + 1}/{len(chunks)}: sample", refresh=False)
                 ed = ddim_sample(pred, inv, ct, self.schedule, num_inference_steps=steps,
                                  guidance_scale=guidance_scale,
-                                 uncond_context=cu if guidance_scale != 1 else None, eta=eta,
+                                 uncond_context=cn if guidance_scale != 1 else None, eta=eta,
                                  key=jax.random.fold_in(key, ci) if eta > 0 else None)
+                jax.block_until_ready(ed)
                 bar.update()
                 sel, dst = np.asarray(keep), np.asarray(idx)[keep]
                 xT[dst] = np.asarray(inv)[sel]
@@ -303,7 +325,7 @@ class Editor:
                 if reconstruct:
                     bar.set_postfix_str(f"chunk {ci + 1}/{len(chunks)}: reconstruct", refresh=False)
                     r = ddim_sample(pred, inv, cs, self.schedule, num_inference_steps=steps)
-                    rec[dst] = np.asarray(r)[sel]
+                    rec[dst] = np.asarray(r)[sel]  # blocks
                     bar.update()
         finally:
             bar.close()
@@ -340,12 +362,13 @@ def prepare_demo(cfg: EditConfig) -> EditConfig:
 
 
 def load_source_frames(cfg: EditConfig):
-    """The selected source frames at the working resolution, and the output frame rate."""
+    """The selected source frames at the working size (``cfg.size``), and the output frame rate."""
     from jaxvedit.data.video import read_video, resize_center_crop
 
     video = read_video(cfg.video, start=cfg.start, stop=cfg.stop, stride=cfg.stride,
                        max_frames=cfg.max_frames, fps=cfg.fps)
-    return resize_center_crop(video.frames, cfg.resolution), float(video.fps)
+    size = getattr(cfg, "size", (cfg.resolution, cfg.resolution))
+    return resize_center_crop(video.frames, size), float(video.fps)
 
 
 def edit_video(cfg: EditConfig) -> dict:
@@ -374,18 +397,48 @@ def edit_video(cfg: EditConfig) -> dict:
             raise FileNotFoundError(f"frames output folder's parent does not exist: {fo.parent} "
                                     f"(writing {fo}); create it first")
     frames, fps = load_source_frames(cfg)
-    _log(f"source: {cfg.video}: {len(frames)} frames at {fps:g} fps, {cfg.resolution}x{cfg.resolution}")
+    (h, w) = cfg.size
+    _log(f"source: {cfg.video}: {len(frames)} frames at {fps:g} fps, {w}x{h}")
+    if cfg.method == "tokenflow":
+        from jaxvedit.editing.tokenflow import check_tokenflow_options
+
+        check_tokenflow_options(len(frames), batch_size=cfg.tokenflow_batch,
+                                keyframe_group=cfg.keyframe_group, pnp_f_t=cfg.pnp_f_t,
+                                pnp_attn_t=cfg.pnp_attn_t, steps=cfg.steps)
     t0 = time.perf_counter()
     editor = Editor(cfg.model, adapter=cfg.adapter, vision_model=cfg.vision_model, dtype=cfg.dtype,
                     lora_merge=cfg.lora_merge, lora_ratio=cfg.lora_ratio, batch_frames=cfg.batch_frames)
     t_load = time.perf_counter() - t0
-    res = editor.edit(frames, prompt=cfg.prompt, source_prompt=cfg.source_prompt, steps=cfg.steps,
-                      guidance_scale=cfg.guidance_scale, inversion_guidance=cfg.inversion_guidance,
-                      eta=cfg.eta, seed=cfg.seed, filter=filter_config(cfg, editor.unet),
-                      cross_frame=cfg.cross_frame, use_adapter=True, lora_tau=cfg.lora_tau,
-                      lora_ratio=cfg.lora_ratio, progress=cfg.progress)
+    if cfg.method == "tokenflow":
+        from jaxvedit.editing.tokenflow import tokenflow_edit
+
+        res = tokenflow_edit(editor, frames, cfg.source_prompt, cfg.prompt,
+                             negative_prompt=cfg.negative_prompt, steps=cfg.steps,
+                             guidance_scale=cfg.guidance_scale, pnp_f_t=cfg.pnp_f_t,
+                             pnp_attn_t=cfg.pnp_attn_t, batch_size=cfg.tokenflow_batch,
+                             keyframe_group=cfg.keyframe_group, seed=cfg.seed,
+                             filter=filter_config(cfg, editor.unet),
+                             inversion_guidance=cfg.inversion_guidance, use_adapter=True,
+                             lora_tau=cfg.lora_tau, lora_ratio=cfg.lora_ratio, progress=cfg.progress)
+    else:
+        res = editor.edit(frames, prompt=cfg.prompt, source_prompt=cfg.source_prompt, steps=cfg.steps,
+                          guidance_scale=cfg.guidance_scale, inversion_guidance=cfg.inversion_guidance,
+                          eta=cfg.eta, seed=cfg.seed, filter=filter_config(cfg, editor.unet),
+                          cross_frame=cfg.cross_frame, use_adapter=True, lora_tau=cfg.lora_tau,
+                          lora_ratio=cfg.lora_ratio, progress=cfg.progress,
+                          negative_prompt=cfg.negative_prompt)
     write_video(out, res.frames, fps)
     written = {"video": str(out)}
+    if cfg.keep_audio:
+        from jaxvedit.data.audio import copy_audio
+
+        src_fps = float(fps) * cfg.stride  # the container's rate (before striding)
+        if copy_audio(cfg.video, out, start=cfg.start / src_fps, duration=len(res.frames) / fps):
+            written["audio"] = "copied from the source"
+    if cfg.preview:
+        from jaxvedit.editing.outputs import preview_path, write_preview_strip
+
+        written["preview"] = str(write_preview_strip(preview_path(out), frames, res.frames))
     if cfg.gif:
         write_gif(cfg.gif, res.frames, min(fps, 50.0))
         written["gif"] = str(cfg.gif)
@@ -393,7 +446,8 @@ def edit_video(cfg: EditConfig) -> dict:
         write_frames(cfg.frames_out, res.frames, overwrite=True)
         written["frames"] = str(cfg.frames_out)
     return {"outputs": written, "frames": int(len(res.frames)), "fps": fps,
-            "resolution": cfg.resolution, "steps": cfg.steps, "filter": cfg.filter,
+            "resolution": cfg.resolution, "size": [w, h], "method": cfg.method,
+            "steps": cfg.steps, "filter": cfg.filter,
             "cross_frame": cfg.cross_frame, "adapter": cfg.adapter,
             "adapter_parts": sorted(k for k, v in (("lora", editor.lora), ("prompt_tokens", editor.tokens))
                                     if v is not None),
