@@ -208,7 +208,7 @@ def test_pivots_batches_and_groups():
         p = tf.draw_pivots(rng, n, bs)
         starts = np.arange(0, n, bs)
         assert len(p) == len(starts) and np.all(p >= starts) and np.all(p < np.minimum(starts + bs, n))
-    assert tf.keyframe_groups(200, 8, 8) == (4, 7)  # 25 keyframes: 4 equal groups of <= 8
+    assert tf.keyframe_groups(200, 8, 8) == (4, 8)  # 25 keyframes: 4 groups of 8 (7 padded)
     assert tf.keyframe_groups(40, 8, 0) == (1, 5) and tf.keyframe_groups(40, 8, 8) == (1, 5)
     assert tf.keyframe_groups(5, 2, 2) == (2, 2)
 
@@ -366,3 +366,26 @@ def test_cli_errors(tmp_path, tiny, clip_with_audio, capsys):
     assert rc == 2 and "pnp_attn_t=2.0 must be in [0, 1]" in err
     rc, err = _cli(base + ["--keyframe-group", -1], capsys)
     assert rc == 2 and "keyframe_group=-1 >= 0" in err
+
+
+def test_memory_bench_tiny(tmp_path, monkeypatch, capsys, editor):
+    """bench/edit_memory.py (the GPU memory table) in its CPU mode, in this process (on the
+    already loaded tiny editor)."""
+    import json
+
+    bench = Path(__file__).resolve().parents[1] / "bench"
+    monkeypatch.syspath_prepend(str(bench))
+    monkeypatch.setenv("OUT", str(tmp_path))
+    import edit_memory
+
+    monkeypatch.setattr(edit_memory, "build_editor", lambda args: editor)
+    rc = edit_memory.main([str(a) for a in (
+        "--tiny", "--inprocess", "--methods", "tokenflow", "--frames", T, T + 1, "--size", f"{W}x{H}",
+        "--steps", STEPS, "--tokenflow-batch", BATCH, "--keyframe-group", GROUP, "--batch-frames", 4)])
+    assert rc == 0
+    out = json.loads((tmp_path / "edit_memory_tiny.json").read_text())
+    rows = out["rows"]
+    assert [r["frames"] for r in rows] == [T, T + 1] and all(r["method"] == "tokenflow" for r in rows)
+    assert all(r["peak_mem_gib"] > 0 and r["measure"] == "process peak RSS" for r in rows)
+    assert rows[0]["s_per_frame_50_steps"] is None and rows[1]["s_per_frame_50_steps"] > 0
+    assert "| tokenflow |" in capsys.readouterr().out

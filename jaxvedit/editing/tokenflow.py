@@ -265,9 +265,7 @@ def _group_step(state, x, src, ctx, pivots, kv_frames, first_batch, prev, t, a_t
     out_all = {p: jnp.concatenate([prev[p][1][None], f[1].swapaxes(0, 1)]) for p, f in feats.items()}
     n, nb = spec.batch, spec.branches
 
-    def body(_, j):
-        xb, sb = (jax.lax.dynamic_slice_in_dim(a, j * n, n) for a in (x, src))
-        cb = [jax.lax.dynamic_slice_in_dim(c, j * n, n) for c in ctx]
+    def batch_pass(j, xb, sb, cb):
         gb = first_batch + j
         has_prev = gb > 0
         cur = {p: (src_all[p][j + 1], out_all[p][j + 1]) for p in feats}
@@ -282,9 +280,15 @@ def _group_step(state, x, src, ctx, pivots, kv_frames, first_batch, prev, t, a_t
             e = e_u + guidance * (e_c - e_u)  # classifier-free guidance
         else:
             e = eps[n:]
-        xn = ddim_step(xb, e, a_t, a_prev, prediction_type=spec.prediction_type,
-                       clip_sample=spec.clip_sample, clip_sample_range=spec.clip_sample_range,
-                       stochastic=False)
+        return ddim_step(xb, e, a_t, a_prev, prediction_type=spec.prediction_type,
+                         clip_sample=spec.clip_sample, clip_sample_range=spec.clip_sample_range,
+                         stochastic=False).astype(xb.dtype)
+
+    def body(_, j):
+        xb, sb = (jax.lax.dynamic_slice_in_dim(a, j * n, n) for a in (x, src))
+        cb = [jax.lax.dynamic_slice_in_dim(c, j * n, n) for c in ctx]
+        # padded batches of the last group (no real frame) are skipped
+        xn = jax.lax.cond(j < kv_frames, lambda: batch_pass(j, xb, sb, cb), lambda: xb)
         return None, xn
 
     _, xs = jax.lax.scan(body, None, jnp.arange(spec.group))
@@ -315,12 +319,13 @@ def check_tokenflow_options(num_frames: int, *, batch_size: int, keyframe_group:
 
 
 def keyframe_groups(num_frames: int, batch_size: int, keyframe_group: int) -> tuple[int, int]:
-    """``(groups, keyframes per group)``: the ``ceil(T / batch_size)`` keyframes split into
-    equal groups of at most ``keyframe_group`` (0: one group)."""
+    """``(groups, keyframes per group)``: the ``ceil(T / batch_size)`` keyframes in groups of
+    ``min(keyframe_group, keyframes)`` (0: one group). Every video with at least that many
+    keyframes runs the same compiled program; the last group is padded (its padded keyframes
+    are masked out of the extended attention, its padded batches skipped)."""
     batches = -(-num_frames // batch_size)
     g = batches if keyframe_group == 0 else min(keyframe_group, batches)
-    groups = -(-batches // g)
-    return groups, -(-batches // groups)
+    return -(-batches // g), g
 
 
 def draw_pivots(rng: np.random.Generator, num_frames: int, batch_size: int) -> np.ndarray:
@@ -401,7 +406,9 @@ def tokenflow_edit(editor, frames: np.ndarray, source_prompt: str, prompt: str, 
                              lora_ratio=lora_ratio)
         rng = np.random.default_rng(seed)
         x = traj[steps].copy()  # x_T
+        step_s = []
         for i in range(steps):
+            ts0 = time.perf_counter()
             x = tokenflow_step(pred, schedule, steps, i, x, traj[steps - i], ctxs,
                                draw_pivots(rng, t_frames, batch_size), guidance_scale=guidance_scale,
                                batch_size=batch_size, keyframe_group=keyframe_group, pnp_f_t=pnp_f_t,
@@ -409,6 +416,7 @@ def tokenflow_edit(editor, frames: np.ndarray, source_prompt: str, prompt: str, 
                                on_group=lambda gi, i=i: (bar.set_postfix_str(
                                    f"step {i + 1}/{steps}, group {gi + 1}/{groups}", refresh=False),
                                    bar.update()))
+            step_s.append(time.perf_counter() - ts0)
         t_samp = time.perf_counter() - t2
     finally:
         bar.close()
@@ -417,7 +425,8 @@ def tokenflow_edit(editor, frames: np.ndarray, source_prompt: str, prompt: str, 
     t_dec = time.perf_counter() - t3
     return EditResult(edited, x, traj[steps], None,
                       {"encode_s": t_enc, "inversion_s": t_inv, "sampling_s": t_samp,
-                       "diffusion_s": t_inv + t_samp, "decode_s": t_dec, "groups": groups,
+                       "diffusion_s": t_inv + t_samp, "decode_s": t_dec, "step_s": step_s,
+                       "groups": groups,
                        "keyframes_per_group": g, "batches": -(-t_frames // batch_size),
                        "pnp_conv_steps": injection_steps(steps, pnp_f_t, pnp_attn_t)[0],
                        "pnp_attn_steps": injection_steps(steps, pnp_f_t, pnp_attn_t)[1]})
