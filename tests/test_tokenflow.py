@@ -308,6 +308,33 @@ def test_tokenflow_edit_tiny(editor, frames):
         tf.tokenflow_edit(editor, frames, "a", "b", pnp_f_t=1.5, batch_size=2)
 
 
+def test_tokenflow_with_adapter(tmp_path, tiny, frames):
+    """The adapter as the authors' script plugs it in: the LoRA acts on every branch only for
+    t >= tau * 1000 (the steps here are at t = 667, 334, 1), the prompt tokens are each frame's
+    own; the inversion runs the plain model."""
+    from jaxvedit.adapters import (LoRAConfig, PromptTokenConfig, PromptTokens, apply_lora,
+                                   save_adapter)
+    from jaxvedit.models import load_unet
+
+    lora = apply_lora(load_unet(tiny), LoRAConfig(rank=2, targets="all"), nnx.Rngs(1)).lora
+    rng = np.random.default_rng(3)
+    for layer in lora.layers:  # B = 0 at init would be a no-op adapter
+        layer.lora_B.value = jnp.asarray(0.5 * rng.standard_normal(layer.lora_B.value.shape), jnp.float32)
+    save_adapter(tmp_path / "adapter" / "lora", lora)
+    save_adapter(tmp_path / "adapter" / "prompt_tokens",
+                 PromptTokens(PromptTokenConfig(n_share=2, vision_dim=32, context_dim=32,
+                                                pooling="stride:2"), rngs=nnx.Rngs(2)))
+    ed = Editor(str(tiny), adapter=str(tmp_path / "adapter"), batch_frames=4)
+    ctx = ed.contexts(frames, ["a"], use_tokens=True)[0]
+    assert ctx.shape[0] == T and np.abs(ctx[0] - ctx[-1]).max() > 1e-3  # per-frame tokens
+    kw = dict(steps=STEPS, batch_size=BATCH, keyframe_group=GROUP, progress=False)
+    run = lambda tau: tf.tokenflow_edit(ed, frames, "a red square", "a blue square", lora_tau=tau, **kw)
+    closed, above, open_ = run(1.0), run(0.7), run(0.5)
+    np.testing.assert_array_equal(above.latents, closed.latents)  # no step at t >= 700
+    assert np.abs(open_.latents - closed.latents).max() > 1e-3  # step 0 (t = 667) with the LoRA
+    np.testing.assert_array_equal(open_.inverted, closed.inverted)  # inversion: plain model
+
+
 # ---------------------------------------------------------------------------------------------
 # the command line: non-square, audio kept, preview strip, seed, negative prompt; errors
 
