@@ -33,22 +33,30 @@ def test_chunked_equals_unchunked():
     k = jnp.asarray(rng.standard_normal((2, 170, 32)), jnp.float32)
     v = jnp.asarray(rng.standard_normal((2, 170, 32)), jnp.float32)
     ref = _numpy_attention(np.asarray(q), np.asarray(k), np.asarray(v), 4)
-    with attention_chunking(None):
-        whole = np.asarray(attention(q, k, v, 4))
-    np.testing.assert_allclose(whole, ref, atol=1e-5)
-    for budget in (1, 2 * 4 * 170 * 50):  # one query per chunk; 50 (301 padded to 350)
-        with attention_chunking(budget):
-            got = np.asarray(jax.jit(lambda q, k, v: attention(q, k, v, 4))(q, k, v))
-        np.testing.assert_allclose(got, whole, atol=1e-6, err_msg=f"budget {budget}")
-        with attention_chunking(budget):  # padded keys masked, chunked or not
-            got = np.asarray(attention(q, k, v, 4, kv_length=77))
-        np.testing.assert_allclose(got, _numpy_attention(*map(np.asarray, (q, k, v)), 4, 77), atol=1e-5)
+    budgets = (None, 1, 2 * 4 * 170 * 50)  # off; one query per chunk; 50 (301 padded to 350)
+
+    @jax.jit
+    def variants(q, k, v):  # every budget traced into one program
+        out = []
+        for budget in budgets:
+            with attention_chunking(budget):
+                out += [attention(q, k, v, 4), attention(q, k, v, 4, kv_length=77)]
+        return out
+
+    outs = [np.asarray(o) for o in variants(q, k, v)]
+    np.testing.assert_allclose(outs[0], ref, atol=1e-5)
+    masked = _numpy_attention(*map(np.asarray, (q, k, v)), 4, 77)
+    for i, budget in enumerate(budgets):
+        np.testing.assert_allclose(outs[2 * i], outs[0], atol=1e-6, err_msg=f"budget {budget}")
+        np.testing.assert_allclose(outs[2 * i + 1], masked, atol=1e-5, err_msg=f"budget {budget}")
+
     # gradients through the chunked (rematerialised) path
-    loss = lambda q, k, v: jnp.sum(jnp.sin(attention(q, k, v, 4)))
-    with attention_chunking(None):
-        g_whole = jax.grad(loss, argnums=(0, 1, 2))(q, k, v)
-    with attention_chunking(500):
-        g_chunk = jax.grad(loss, argnums=(0, 1, 2))(q, k, v)
+    def loss(q, k, v, budget):
+        with attention_chunking(budget):
+            return jnp.sum(jnp.sin(attention(q, k, v, 4)))
+
+    grads = jax.jit(lambda q, k, v: [jax.grad(loss, argnums=(0, 1, 2))(q, k, v, b) for b in (None, 500)])
+    g_whole, g_chunk = grads(q, k, v)
     for a, b in zip(g_chunk, g_whole):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
 

@@ -138,13 +138,20 @@ def test_extended_attention_matches_numpy_definition():
     x = rng.standard_normal((3 * 4, 10, 16)).astype(np.float32)  # 3 branches x 4 keyframes
     w = [np.asarray(m.kernel.value, np.float64) for m in (attn.to_q, attn.to_k, attn.to_v, attn.to_out[0])]
     bo = np.asarray(attn.to_out[0].bias.value, np.float64)
-    for inject, kv in ((None, None), (True, 3)):
-        ref = _extended_attention_numpy(x, *w, bo, 2, 3, bool(inject), 4 if kv is None else kv)
-        for budget in (None, 200):  # unchunked and query-chunked
+    cases = [(inject, kv, budget) for inject, kv in ((None, None), (True, 3)) for budget in (None, 200)]
+
+    @jax.jit
+    def run(x):  # every case (unchunked and query-chunked) traced into one program
+        out = []
+        for inject, kv, budget in cases:
             with layers.attention_chunking(budget):
-                got = tf.extended_attention(attn, jnp.asarray(x), 3, kv_frames=kv,
-                                            inject=None if inject is None else jnp.asarray(inject))
-            np.testing.assert_allclose(np.asarray(got), ref, atol=2e-5 * ref.std())
+                out.append(tf.extended_attention(attn, x, 3, kv_frames=kv,
+                                                 inject=None if inject is None else jnp.asarray(inject)))
+        return out
+
+    for (inject, kv, _), got in zip(cases, run(jnp.asarray(x))):
+        ref = _extended_attention_numpy(x, *w, bo, 2, 3, bool(inject), 4 if kv is None else kv)
+        np.testing.assert_allclose(np.asarray(got), ref, atol=2e-5 * ref.std())
     # one keyframe per branch: extended attention is the plain self-attention
     one = x[[0, 4, 8]]
     np.testing.assert_allclose(np.asarray(tf.extended_attention(attn, jnp.asarray(one), 3)),

@@ -121,8 +121,9 @@ def _jit_method(module, fn):
     return lambda x: run(state, x)
 
 
-def _batched(fn, x: np.ndarray, batch: int) -> np.ndarray:
-    """``fn`` over ``x`` in batches of one fixed size (last one padded): one compiled program."""
+def _batched(fn, x: np.ndarray, batch: int, pre=None, post=None) -> np.ndarray:
+    """``fn`` over ``x`` in batches of one fixed size (last one padded): one compiled program.
+    ``pre`` / ``post`` convert each batch on the host (so a whole clip is never held in float)."""
     n = len(x)
     bs = max(1, min(batch, n))
     out = []
@@ -131,7 +132,8 @@ def _batched(fn, x: np.ndarray, batch: int) -> np.ndarray:
         pad = bs - len(part)
         if pad:
             part = np.concatenate([part, np.repeat(part[-1:], pad, axis=0)])
-        out.append(np.asarray(fn(jnp.asarray(part)))[:bs - pad])
+        y = np.asarray(fn(jnp.asarray(part if pre is None else pre(part))))[:bs - pad]
+        out.append(y if post is None else post(y))
     return np.concatenate(out)
 
 
@@ -232,13 +234,13 @@ class Editor:
     def encode_frames(self, frames: np.ndarray) -> np.ndarray:
         from jaxvedit.data.video import to_model_range
 
-        return _batched(self._encode, to_model_range(frames), self.batch_frames)
+        return _batched(self._encode, np.asarray(frames), self.batch_frames, pre=to_model_range)
 
     def decode_latents(self, latents: np.ndarray) -> np.ndarray:
         from jaxvedit.data.video import from_model_range
 
-        x = _batched(self._decode, np.asarray(latents, np.float32), self.batch_frames)
-        return from_model_range(x)
+        return _batched(self._decode, np.asarray(latents, np.float32), self.batch_frames,
+                        post=from_model_range)
 
     def text_embeddings(self, prompts: list[str]) -> np.ndarray:
         from jaxvedit.models.clip import tokenize

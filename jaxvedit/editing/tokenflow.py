@@ -260,17 +260,19 @@ def _group_step(state, x, src, ctx, pivots, kv_frames, first_batch, prev, t, a_t
     _Trace.count += 1
     model = nnx.merge(graphdef, state)
     feats = _keyframe_pass(model, spec, x, src, ctx, pivots, t, inj_conv, inj_attn, kv_frames)
-    # index 0: the previous group's last keyframe; 1..G: this group's keyframes
-    src_all = {p: jnp.concatenate([prev[p][0][None], f[0]]) for p, f in feats.items()}
-    out_all = {p: jnp.concatenate([prev[p][1][None], f[1].swapaxes(0, 1)]) for p, f in feats.items()}
     n, nb = spec.batch, spec.branches
+
+    def keyframe(p, k):  # keyframe k of this group: (src (N, C), out (branches, N, C))
+        return feats[p][0][k], feats[p][1][:, k]
 
     def batch_pass(j, xb, sb, cb):
         gb = first_batch + j
-        has_prev = gb > 0
-        cur = {p: (src_all[p][j + 1], out_all[p][j + 1]) for p in feats}
-        prv = {p: (jnp.where(has_prev, src_all[p][j], src_all[p][j + 1]),
-                   jnp.where(has_prev, out_all[p][j], out_all[p][j + 1])) for p in feats}
+        cur = {p: keyframe(p, j) for p in feats}
+        # keyframe b - 1: the previous in this group, the carried one for the group's first
+        # batch, none for batch 0 (then its own, with weight 0)
+        before = {p: keyframe(p, jnp.maximum(j - 1, 0)) for p in feats}
+        prv = {p: tuple(jnp.where(gb == 0, c, jnp.where(j == 0, q, b))
+                        for c, q, b in zip(cur[p], prev[p], before[p])) for p in feats}
         hooks = FeatureHooks(transform={p: conv_injection(nb, inj_conv) for p in spec.conv_paths})
         with _layers.attention_processor(BatchPass(nb, cur, prv, propagation_weights(gb, n))):
             eps = model(jnp.concatenate([sb] + [xb] * (nb - 1)), t, jnp.concatenate(cb), hooks=hooks)
