@@ -45,6 +45,8 @@ class CompareConfig:
     prompt: str | None = opt(None, "target prompt", "input")
     source_prompt: str = opt("", "prompt describing the source video (for the inversion)", "input")
     resolution: int = opt(512, "square working resolution (a multiple of 64)", "input")
+    width: int | None = opt(None, "frame width, a multiple of 64 (default: --resolution)", "input")
+    height: int | None = opt(None, "frame height, a multiple of 64 (default: --resolution)", "input")
     start: int = opt(0, "first source frame", "input")
     stop: int | None = opt(None, "stop before this source frame", "input")
     stride: int = opt(1, "take every n-th source frame", "input")
@@ -85,8 +87,10 @@ class CompareConfig:
     def __post_init__(self):
         if self.prompt is not None and not self.prompt.strip():
             raise ValueError("empty prompt: give the target prompt with --prompt \"...\"")
-        if self.resolution < 64 or self.resolution % 64:
-            raise ValueError(f"resolution={self.resolution} must be a positive multiple of 64")
+        for name in ("resolution", "width", "height"):
+            v = getattr(self, name)
+            if v is not None and (v < 64 or v % 64):
+                raise ValueError(f"{name}={v} must be a positive multiple of 64")
         unknown = [v for v in self.variants if v not in VARIANTS]
         if unknown:
             raise ValueError(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
@@ -110,7 +114,8 @@ def _log(msg: str) -> None:
 def _edit_config(cfg: CompareConfig, filter_mode: str):
     from jaxvedit.editing.config import EditConfig
 
-    return EditConfig(video=cfg.video, prompt=cfg.prompt, resolution=cfg.resolution, start=cfg.start,
+    return EditConfig(video=cfg.video, prompt=cfg.prompt, resolution=cfg.resolution, width=cfg.width,
+                      height=cfg.height, start=cfg.start,
                       stop=cfg.stop, stride=cfg.stride, max_frames=cfg.max_frames, fps=cfg.fps,
                       filter=filter_mode, filter_radius=cfg.filter_radius,
                       filter_sigma_spatial=cfg.filter_sigma_spatial,
@@ -299,7 +304,7 @@ def run_compare(cfg: CompareConfig) -> dict:
         f"PSNR {source_row['vae_psnr']:.2f} dB, SSIM {source_row['vae_ssim']:.3f}).",
         f"{cfg.steps} DDIM steps, guidance {cfg.guidance_scale}, LoRA tau {cfg.lora_tau} ratio "
         f"{cfg.lora_ratio}, cross-frame attention {'on' if cfg.cross_frame else 'off'}, "
-        f"{len(frames)} frames at {cfg.resolution}x{cfg.resolution}.",
+        f"{len(frames)} frames at {frames.shape[2]}x{frames.shape[1]}.",
     ]
     notes += [f"{k}: {v}" for k, v in clip_notes.items()]
     if demo:
