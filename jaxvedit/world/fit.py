@@ -166,9 +166,18 @@ def fit(name: str, model: nnx.Module, loss_fn: Callable, data, cfg: FitConfig, o
     save(step)
     store.wait()
     metrics.plot(out_dir / "loss_curve.png")
-    if interrupted:
-        _log(f"[{name}] interrupted at step {step}: checkpoint written, continue with --resume")
-        raise SystemExit(130)
     final = state["ema"] if cfg.ema else state["params"]
     nnx.update(model, final)
+    if interrupted:
+        _log(f"[{name}] interrupted at step {step}: checkpoint written, continue with --resume")
+        raise TrainingInterrupted(model, step)
     return model
+
+
+class TrainingInterrupted(SystemExit):
+    """Ctrl-C / SIGTERM during :func:`fit`: the checkpoint is written and ``model`` holds the
+    weights reached so far (exit status 130)."""
+
+    def __init__(self, model, step: int):
+        super().__init__(130)
+        self.model, self.step = model, step

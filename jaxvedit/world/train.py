@@ -286,9 +286,11 @@ def train_unet(cfg: WorldTrainConfig, pool: Pool, vae, text, out: Path):
     fcfg = FitConfig(steps=cfg.unet_steps, seconds=cfg.unet_seconds, learning_rate=cfg.unet_lr,
                      warmup=500, weight_decay=0.0, ema=cfg.unet_ema, seed=cfg.seed + 2,
                      progress=cfg.progress, log_every=100, checkpoint_every=2000)
-    unet = fit("unet", unet, loss_fn, data, fcfg, out / "unet", resume=cfg.resume)
-    wm.save_component(out / "unet" / "model", unet, ucfg, "diffusion_pytorch_model.safetensors",
-                      np.float32)
+    try:
+        unet = fit("unet", unet, loss_fn, data, fcfg, out / "unet", resume=cfg.resume)
+    finally:  # interrupted too: keep the weights reached (the checkpoint allows --resume)
+        wm.save_component(out / "unet" / "model", unet, ucfg, "diffusion_pytorch_model.safetensors",
+                          np.float32)
     return unet, ucfg
 
 
