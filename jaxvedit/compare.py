@@ -347,7 +347,12 @@ def main(argv: list[str] | None = None) -> int:
     from jaxvedit.cli import parse_config
     from jaxvedit.models.weights import WeightLoadError
 
-    cfg = parse_config(CompareConfig, argv, prog="python -m jaxvedit.compare", defaults=DEMO_OVERRIDES,
+    args = sys.argv[1:] if argv is None else list(argv)
+    if any(a == "--suite" or a.startswith("--suite=") for a in args):
+        from jaxvedit.world.bench import main as bench_main  # the world benchmark's own options
+
+        return bench_main(args)
+    cfg = parse_config(CompareConfig, args, prog="python -m jaxvedit.compare", defaults=DEMO_OVERRIDES,
                        use_defaults=lambda given: given.get("video") is None and given.get("model") is None)
     try:
         results = run_compare(cfg)

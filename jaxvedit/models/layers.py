@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextvars
 import math
+import os
 from dataclasses import dataclass
 
 import jax
@@ -173,8 +174,12 @@ def choose_attention_implementation(requested: str | None, dtype, head_dim: int)
     dimension it supports (a multiple of 8, at most 128), otherwise XLA's (which materialises the
     score matrix: fine on CPU and for short sequences). ``"cudnn"`` asks for cuDNN but falls back
     to XLA for unsupported head dimensions (SD1.5's 1280-channel blocks have 160), ``"xla"``
-    forces XLA.
+    forces XLA. The environment variable ``JAXVEDIT_ATTENTION`` (``xla`` / ``cudnn``) sets the
+    default for calls that ask for none (for small models with short sequences, such as the
+    world models, a fused kernel's fixed cost per call can dominate).
     """
+    if requested is None:  # a process-wide default, e.g. JAXVEDIT_ATTENTION=xla for small models
+        requested = {"xla": "xla", "cudnn": "cudnn"}.get(os.environ.get("JAXVEDIT_ATTENTION", ""))
     if requested == "xla":
         return "xla"
     fused_ok = (jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))

@@ -49,12 +49,18 @@ class WorldPipeline:
     def encode(self, frames_u8: np.ndarray) -> jax.Array:
         return self._enc(jnp.asarray(frames_u8, jnp.float32) / 127.5 - 1.0)
 
+    def decode01(self, latents) -> np.ndarray:
+        """Latents -> float images in [0, 1] (as diffusers' ``output_type="np"``)."""
+        x = np.asarray(self._dec(jnp.asarray(latents)), np.float32)
+        return np.clip(x / 2.0 + 0.5, 0.0, 1.0)
+
     def decode(self, latents) -> np.ndarray:
-        x = np.asarray(self._dec(jnp.asarray(latents)))
-        return np.clip(np.rint((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
+        return np.clip(np.rint(self.decode01(latents) * 255.0), 0, 255).astype(np.uint8)
 
     def text_to_image(self, prompts: list[str], *, seed: int = 0, steps: int = 50,
-                      guidance: float = 7.5, latents=None) -> np.ndarray:
+                      guidance: float = 7.5, latents=None, as_float: bool = False) -> np.ndarray:
+        """uint8 images (float [0, 1] with ``as_float``) sampled from ``latents`` (default:
+        normal noise from ``seed``) with DDIM and classifier-free guidance."""
         from jaxvedit.diffusion import ddim_sample
 
         n = len(prompts)
@@ -65,7 +71,7 @@ class WorldPipeline:
         unc = self.text([""])
         z = ddim_sample(self.unet, latents, ctx, self.schedule, num_inference_steps=steps,
                         guidance_scale=guidance, uncond_context=unc if guidance != 1 else None)
-        return self.decode(z)
+        return self.decode01(z) if as_float else self.decode(z)
 
 
 def psnr_u8(a: np.ndarray, b: np.ndarray) -> float:

@@ -60,9 +60,10 @@ def _log(msg: str) -> None:
 
 
 def fit(name: str, model: nnx.Module, loss_fn: Callable, data, cfg: FitConfig, out_dir: Path,
-        resume: bool = True) -> nnx.Module:
+        resume: bool = True, stop_at: int | None = None) -> nnx.Module:
     """Train ``model`` in place on ``loss_fn(model, key, data) -> (loss, aux dict)``; returns the
-    model holding the final weights (the EMA weights when ``cfg.ema``)."""
+    model holding the final weights (the EMA weights when ``cfg.ema``). ``stop_at``: stop after
+    that step as a Ctrl-C would (checkpoint, :class:`TrainingInterrupted`)."""
     from tqdm.auto import tqdm
 
     out_dir = Path(out_dir)
@@ -157,6 +158,8 @@ def fit(name: str, model: nnx.Module, loss_fn: Callable, data, cfg: FitConfig, o
                 bar.set_postfix({k: f"{rec[k]:.4g}" for k in list(vals[0])[:3]}, refresh=False)
             if total and step % cfg.checkpoint_every == 0 and step < total:
                 save(step)
+            if stop_at is not None and step >= stop_at:
+                stop["requested"] = True
     finally:
         for s, h in previous.items():
             signal.signal(s, h)

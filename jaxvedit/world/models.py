@@ -159,3 +159,14 @@ def world_model_path(version: str = WORLD_VERSION) -> Path:
 def is_world_model(path: str | os.PathLike) -> bool:
     index = Path(path) / "model_index.json"
     return index.is_file() and "jaxvedit_world" in json.loads(index.read_text())
+
+
+def world_adapter_path(version: str = WORLD_VERSION, *, missing_ok: bool = False) -> Path | None:
+    """The shipped GE adapter (gated LoRA + prompt tokens) trained on world videos with
+    ``python -m jaxvedit.train`` (the ``lora/`` and ``prompt_tokens/`` folders)."""
+    path = Path(__file__).parent / "pretrained" / f"{version}-ge-adapter"
+    if not (path / "lora").is_dir():
+        if missing_ok:
+            return None
+        raise FileNotFoundError(f"no world GE adapter is shipped in this install ({path})")
+    return path

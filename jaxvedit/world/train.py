@@ -19,6 +19,7 @@ stored. ``export`` writes the diffusers folder (float16) that ``jaxvedit`` ships
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import sys
 import time
@@ -142,23 +143,26 @@ def _draw_frames(key, arrays, n, frames, size):
 # stages
 
 
+def vae_loss(model, key, data, *, batch: int, frames: int, size: int):
+    """L1 + L2 + 1e-6 KL on ``batch`` frames rendered from the scene pool ``data``."""
+    k1, k2 = jax.random.split(key)
+    _, images = _draw_frames(k1, data, batch, frames, size)
+    x = images * 2.0 - 1.0
+    post = model.encode(x)
+    rec = model.decode(post.sample(k2))
+    err = rec - x
+    l1, l2 = jnp.mean(jnp.abs(err)), jnp.mean(err * err)
+    kl = jnp.mean(post.kl())
+    psnr = 10.0 * jnp.log10(4.0 / jnp.maximum(l2, 1e-12))  # [-1, 1] range: peak-to-peak 2
+    return l1 + l2 + 1e-6 * kl, {"l2": l2, "psnr": psnr}
+
+
 def train_vae(cfg: WorldTrainConfig, pool: Pool, out: Path):
     from jaxvedit.models.vae import AutoencoderKL
 
     vcfg = wm.vae_config(cfg.preset)
     vae = AutoencoderKL(vcfg, rngs=nnx.Rngs(cfg.seed), dtype=_dtype(cfg))
-
-    def loss_fn(model, key, data):
-        k1, k2 = jax.random.split(key)
-        _, frames = _draw_frames(k1, data, cfg.vae_batch, cfg.frames, cfg.size)
-        x = frames * 2.0 - 1.0
-        post = model.encode(x)
-        rec = model.decode(post.sample(k2))
-        err = rec - x
-        l1, l2 = jnp.mean(jnp.abs(err)), jnp.mean(err * err)
-        kl = jnp.mean(post.kl())
-        psnr = 10.0 * jnp.log10(4.0 / jnp.maximum(l2, 1e-12))  # [-1, 1] range: peak-to-peak 2
-        return l1 + l2 + 1e-6 * kl, {"l2": l2, "psnr": psnr}
+    loss_fn = functools.partial(vae_loss, batch=cfg.vae_batch, frames=cfg.frames, size=cfg.size)
 
     fcfg = FitConfig(steps=cfg.vae_steps, seconds=cfg.vae_seconds, learning_rate=cfg.vae_lr,
                      warmup=200, seed=cfg.seed, progress=cfg.progress, log_every=50,
