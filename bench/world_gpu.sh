@@ -9,9 +9,9 @@ OUT=${OUT:-runs/world-gpu}; BUDGET=${BUDGET:-520}; mkdir -p "$OUT"
 W=jaxvedit/world/pretrained/world-v1
 T0=$(date +%s); el() { echo $(( $(date +%s) - T0 )); }
 python3 -c "from jaxvedit.world.data import write_dataset, training_scenes; \
-write_dataset('/tmp/wd', training_scenes(500, start=1_000_000), depth=False)"
+write_dataset('/tmp/wd', training_scenes(500, start=1_000_000), depth=False, video_format='frames')"
 echo "dataset: 500 videos at $(el) s"
-timeout 170 python3 -m jaxvedit.train --model $W --data /tmp/wd --output-dir /tmp/ge \
+timeout 150 python3 -m jaxvedit.train --model $W --data /tmp/wd --output-dir /tmp/ge \
   --resolution 128 --frames 4 --max-frames 16 --steps 1200 --accumulate 1 --batch-size 8 \
   --learning-rate 1e-4 --warmup-steps 100 --checkpoint-every 100000 --log-every 20 --no-progress \
   --feature-taps "up_blocks.1.attentions.*.transformer_blocks.0.attn1" \

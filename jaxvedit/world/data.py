@@ -54,23 +54,31 @@ def pool_arrays(specs: list[SceneSpec]) -> dict[str, np.ndarray]:
 
 
 def write_dataset(folder: str | os.PathLike, specs: list[SceneSpec], *, fps: float = 8.0,
-                  depth: bool = True, truth: bool = False) -> Path:
-    """Render ``specs`` into ``folder``: ``videos/<name>.mp4``, ``captions.jsonl`` (the trainer's
-    layout), ``scenes.jsonl`` (the specs), ``depth/<name>/`` PNG depth maps (for a ControlNet),
-    and with ``truth`` the masks, layers and flow as ``truth/<name>.npz``."""
+                  depth: bool = True, truth: bool = False, video_format: str = "mp4") -> Path:
+    """Render ``specs`` into ``folder``: ``videos/<name>.mp4`` (or, with ``video_format="frames"``,
+    a folder of PNG frames ``videos/<name>/``), ``captions.jsonl`` (the trainer's layout),
+    ``scenes.jsonl`` (the specs), ``depth/<name>/`` PNG depth maps (for a ControlNet), and with
+    ``truth`` the masks, layers and flow as ``truth/<name>.npz``."""
     from PIL import Image
 
-    from jaxvedit.data.video import write_video
+    from jaxvedit.data.video import write_frames, write_video
 
+    if video_format not in ("mp4", "frames"):
+        raise ValueError(f"video_format must be 'mp4' or 'frames', got {video_format!r}")
     root = Path(folder)
     (root / "videos").mkdir(parents=True, exist_ok=True)
     caps, scenes = [], []
     for i, spec in enumerate(specs):
         name = f"world_{spec.seed if spec.seed is not None else i:08d}"
         r = render(spec)
-        write_video(root / "videos" / f"{name}.mp4", r.frames, fps)
-        caps.append({"video": f"videos/{name}.mp4", "caption": caption(spec)})
-        scenes.append({"video": f"videos/{name}.mp4", "spec": spec.to_dict()})
+        if video_format == "mp4":
+            rel = f"videos/{name}.mp4"
+            write_video(root / rel, r.frames, fps)
+        else:
+            rel = f"videos/{name}"
+            write_frames(root / rel, r.frames, overwrite=True)
+        caps.append({"video": rel, "caption": caption(spec)})
+        scenes.append({"video": rel, "spec": spec.to_dict()})
         if depth:
             d = root / "depth" / name
             d.mkdir(parents=True, exist_ok=True)
