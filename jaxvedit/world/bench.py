@@ -89,6 +89,8 @@ class BenchConfig:
     workers: int = opt(0, "scoring processes (0: one per CPU core, at most 16)", "run")
     output_dir: str = opt("runs/world-bench", "where results, strips and videos go", "run")
     progress: bool = opt(True, "show progress", "run")
+    append: bool = opt(False, "keep the rows already in <output-dir>/results.json (same suite and "
+                       "settings) and run only the missing ones", "run")
 
     def __post_init__(self):
         if self.suite not in SUITES:
@@ -207,16 +209,20 @@ def score_all(edited: np.ndarray, suite, workers: int) -> list[list[dict]]:
     if workers <= 1:
         flat = [score_job(j) for j in jobs]
     else:
-        with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"),
-                                    initializer=_cpu_only) as pool:
-            flat = list(pool.map(score_job, jobs, chunksize=max(1, len(jobs) // (4 * workers))))
+        import os
+
+        saved = {k: os.environ.get(k) for k in ("JAX_PLATFORMS", "CUDA_VISIBLE_DEVICES")}
+        os.environ.update(JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="")  # children: CPU only
+        try:
+            with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+                flat = list(pool.map(score_job, jobs, chunksize=max(1, len(jobs) // (4 * workers))))
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
     return [flat[i * 3:(i + 1) * 3] for i in range(len(suite))]
-
-
-def _cpu_only():
-    import os
-
-    os.environ["JAX_PLATFORMS"] = "cpu"
 
 
 def _clip_scores(ctx_clip, video: np.ndarray, prompt: str) -> dict:
@@ -232,6 +238,22 @@ def _mean(rows: list[dict], key: str) -> float:
     return float(np.mean(vals)) if vals else float("nan")
 
 
+def summarise(per_edit: list[dict]) -> dict:
+    """A row's means over its edits. ``background_psnr`` pools the colour and shape edits (where
+    the background must stay as it is): the PSNR of their mean squared error (inf: identical)."""
+    summary = {m: _mean(per_edit, m) for m in METRIC_COLUMNS if m != "background_psnr"}
+    for kind in EDIT_KINDS:
+        summary[f"{kind}_attribute_accuracy"] = _mean([r for r in per_edit if r["kind"] == kind],
+                                                      "attribute_accuracy")
+    mse = [255.0 ** 2 * 10 ** (-r["background_psnr"] / 10) for r in per_edit
+           if r["kind"] != "background" and r.get("background_psnr") is not None
+           and math.isfinite(r["background_psnr"])]
+    m = float(np.mean(mse)) if mse else float("nan")
+    summary["background_psnr"] = (float("inf") if m < 1e-8 else
+                                  float(10 * np.log10(255.0 ** 2 / m)) if mse else float("nan"))
+    return summary
+
+
 METRIC_COLUMNS = ("psnr", "object_iou", "attribute_accuracy", "all_attributes_accuracy",
                   "background_psnr", "warp_error_gt", "flicker", "clip_t", "clip_f")
 
@@ -240,6 +262,8 @@ def run_bench(cfg: BenchConfig) -> dict:
     from jaxvedit.models.clip import (CLIPTextModelWithProjection, CLIPVisionModelWithProjection,
                                       load_tokenizer)
     import os
+
+    import jax
 
     from jaxvedit.world.models import world_adapter_path, world_model_path
     from jaxvedit.world.render import render
@@ -269,8 +293,23 @@ def run_bench(cfg: BenchConfig) -> dict:
             CLIPTextModelWithProjection.from_pretrained(model_path, subfolder="text_encoder"),
             load_tokenizer(model_path))
     workers = cfg.workers or min(os.cpu_count() or 1, 16)
+    device = jax.devices()[0].device_kind
     results, videos = {}, {}
+    if cfg.append and (out / "results.json").is_file():
+        old = json.loads((out / "results.json").read_text())
+        same = {k: old.get(k) for k in ("suite", "videos", "frames", "steps", "guidance_scale")}
+        want = {"suite": cfg.suite, "videos": n_videos, "frames": frames, "steps": steps,
+                "guidance_scale": cfg.guidance_scale}
+        if same != want:
+            raise ValueError(f"--append: {out / 'results.json'} holds another run ({same}), not {want}")
+        results = {k: v for k, v in old["rows"].items() if k in rows}
+        for r in results.values():  # re-summarise with this version's summary
+            r["summary"] = summarise(r["edits"])
+            r.setdefault("device", "not recorded")
+        _log(f"--append: keeping {list(results)}")
     for name in rows:
+        if name in results:
+            continue
         t_row = time.perf_counter()
         timer = CompileTimer().__enter__()
         if name == "source (no edit)":
@@ -308,15 +347,14 @@ def run_bench(cfg: BenchConfig) -> dict:
         # seconds per edited video: the row's wall time less JAX's tracing and compilation
         timing = max(elapsed - compile_s, 0.0) / (n_videos * 3) if edits_run else 0.0
         sec_note = "excludes compilation" if edits_run else "no editing"
-        summary = {m: _mean(per_edit, m) for m in METRIC_COLUMNS}
-        for kind in EDIT_KINDS:
-            summary[f"{kind}_attribute_accuracy"] = _mean([r for r in per_edit if r["kind"] == kind],
-                                                          "attribute_accuracy")
-        results[name] = {"summary": summary, "seconds_per_video": timing, "timing": sec_note,
+        summary = summarise(per_edit)
+        results[name] = {"summary": summary, "device": device, "seconds_per_video": timing,
+                         "timing": sec_note,
                          "row_seconds": elapsed, "compile_seconds": compile_s,
                          "score_seconds": score_s, "edits": per_edit}
         videos[name] = edited
-        partial = {"suite": cfg.suite, "complete": False, "rows": results}
+        partial = {"suite": cfg.suite, "complete": False, "videos": n_videos, "frames": frames,
+                   "steps": steps, "guidance_scale": cfg.guidance_scale, "rows": results}
         (out / "results.json").write_text(json.dumps(_clean(partial), indent=2))  # survives a kill
         _log(f"[{name}] psnr {summary['psnr']:.2f} iou {summary['object_iou']:.3f} "
              f"attr {summary['attribute_accuracy']:.3f} warp {summary['warp_error_gt']:.4f} "
@@ -331,7 +369,7 @@ def run_bench(cfg: BenchConfig) -> dict:
 
 def _clean(v):
     if isinstance(v, float) and not math.isfinite(v):
-        return None
+        return "inf" if v > 0 else None  # JSON has no infinity
     if isinstance(v, dict):
         return {k: _clean(x) for k, x in v.items()}
     if isinstance(v, list):
@@ -343,19 +381,20 @@ def results_markdown(report: dict) -> str:
     cols = ["psnr", "object_iou", *[f"{k}_attribute_accuracy" for k in EDIT_KINDS],
             "background_psnr", "warp_error_gt", "flicker", "clip_t", "clip_f"]
     head = ["row", "PSNR", "subject IoU", "colour right", "shape right", "background right",
-            "bg PSNR", "warp err (GT flow)", "flicker", "CLIP-T", "CLIP-F", "s / video"]
+            "bg PSNR", "warp err (GT flow)", "flicker", "CLIP-T", "CLIP-F", "s / video", "device"]
     lines = [f"World suite `{report['suite']}`: {report['videos']} videos x 3 edits, "
              f"{report['frames']} frames, {report['steps']} DDIM steps, guidance "
              f"{report['guidance_scale']}. Attribute columns: share of frames whose judged "
-             "attribute equals the target's, for the edits of that type.", "",
+             "attribute equals the target's, for the edits of that type; bg PSNR pools the colour "
+             "and shape edits (inf: unchanged); s / video excludes compilation.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in report["rows"].items():
         s = r["summary"]
         vals = [s.get(c) for c in cols]
-        fmt = ["n/a" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.3g}"
-               for v in vals]
-        secs = f"{r['seconds_per_video']:.3g}"
-        lines.append(f"| {name} | " + " | ".join(fmt) + f" | {secs if r['timing'] != 'no editing' else '-'} |")
+        fmt = ["inf" if v in (float("inf"), "inf") else "n/a" if v is None or (isinstance(v, float) and
+               not math.isfinite(v)) else f"{v:.3g}" for v in vals]
+        secs = f"{r['seconds_per_video']:.3g}" if r["timing"] != "no editing" else "-"
+        lines.append(f"| {name} | " + " | ".join(fmt) + f" | {secs} | {r.get('device', '?')} |")
     return "\n".join(lines) + "\n"
 
 
