@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -228,3 +229,41 @@ def test_lora_targets_take_patterns_besides_presets(readme_run):
         Components(bad)
     with pytest.raises(ValueError, match="give at least one preset"):
         TrainConfig(lora_targets=())
+
+
+def test_edit_takes_a_lora_file_of_another_tool(tiny, tmp_path, frames):
+    """``--adapter file.safetensors``: a kohya file with UNet and text-encoder parts loads into
+    the editor; the text-encoder LoRA acts on the prompt embeddings only when the adapter is
+    used. And prompt tokens trained without the unshared part need no vision tower."""
+    from jaxvedit.adapters import (LoRAModel, PromptTokenConfig, PromptTokens, export_lora_kohya)
+    from jaxvedit.adapters.lora import LoRA
+    from jaxvedit.models.clip import CLIPTextModel
+
+    unet = load_unet(tiny)
+    text = CLIPTextModel.from_pretrained(tiny, subfolder="text_encoder")
+    lora = LoRA(unet, LoRAConfig(rank=2, alpha=3.0, targets="down", tau=None), rngs=nnx.Rngs(0))
+    text_lora = LoRA(text, LoRAConfig(rank=3, alpha=1.5, targets=("*.self_attn.q_proj", "*.mlp.fc1"),
+                                      tau=None), rngs=nnx.Rngs(1))
+    for layer in list(lora.layers) + list(text_lora.layers):
+        layer.lora_B.value = jnp.full(layer.lora_B.value.shape, 0.05, jnp.float32)
+    file = export_lora_kohya(lora, tmp_path / "shared.safetensors", unet=unet, text_lora=text_lora)
+    ed = Editor(str(tiny), adapter=str(file), batch_frames=4)
+    assert ed.lora.paths == lora.paths and ed.text_lora.paths == text_lora.paths
+    assert "kohya layout" in ed.adapter_notes[0]
+    from jaxvedit.models.clip import tokenize
+
+    ids = jnp.asarray(tokenize(ed.tokenizer, ["a cat"], max_length=77))
+    gd, state = nnx.split(LoRAModel(text, text_lora))
+    want = np.asarray(jax.jit(lambda st: nnx.merge(gd, st)(ids, lora_ratio=0.5).last_hidden_state)(state))
+    np.testing.assert_allclose(ed.text_embeddings(["a cat"], 0.5), want, atol=1e-5)
+    plain = ed.text_embeddings(["a cat"])
+    assert np.abs(plain - want).max() > 1e-3
+    np.testing.assert_array_equal(ed.contexts(frames, ["a cat"], False)[0][0], plain[0])
+
+    tokens = PromptTokens(PromptTokenConfig(n_share=3, vision_dim=48, context_dim=32), rngs=nnx.Rngs(2))
+    save_adapter(tmp_path / "shared-only" / "prompt_tokens", tokens, record={"unshared": False})
+    ed = Editor(str(tiny), adapter=str(tmp_path / "shared-only"), batch_frames=4)
+    assert ed.vision is None and ed.unshared is False
+    ctx = ed.contexts(frames, ["a cat"], True)[0]
+    assert ctx.shape == (1, 3 + 77, 32)
+    np.testing.assert_array_equal(ctx[0, :3], np.asarray(tokens.shared.value))

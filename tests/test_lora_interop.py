@@ -484,3 +484,22 @@ def test_unsupported_content_is_refused_by_name(s, tmp_path):
                                                              "unet.use_dora": True})})
     with pytest.raises(AdapterLoadError, match=r"unet\.use_dora \(DoRA\)"):
         import_lora(meta_file, s.unet)
+
+
+def test_every_lora_capable_linear_consults_the_adapter(s):
+    """The modules ``lora_linears`` lists are exactly those whose forward passes through the
+    per-call adapter (traced abstractly: nothing is compiled)."""
+    from jaxvedit.adapters.lora import lora_linears
+    from jaxvedit.models import layers
+
+    for model, args in ((s.unet, (jnp.zeros((1, 8, 8, 4)), jnp.zeros((1,)), jnp.zeros((1, 3, 32)))),
+                        (s.text, (jnp.zeros((1, 5), jnp.int32),))):
+        seen = []
+        token = layers._PROJECTION_ADAPTER.set(lambda path, x, y: seen.append(path) or y)
+        try:
+            jax.eval_shape(lambda: model(*args))
+        finally:
+            layers._PROJECTION_ADAPTER.reset(token)
+        assert sorted(seen) == sorted(lora_linears(model)), type(model).__name__
+        assert len(seen) == len(set(seen))
+    assert len(lora_linears(s.unet)) == 48 and len(lora_linears(s.text)) == 12
