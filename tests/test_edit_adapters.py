@@ -262,8 +262,11 @@ def test_edit_takes_a_lora_file_of_another_tool(tiny, tmp_path, frames):
 
     tokens = PromptTokens(PromptTokenConfig(n_share=3, vision_dim=48, context_dim=32), rngs=nnx.Rngs(2))
     save_adapter(tmp_path / "shared-only" / "prompt_tokens", tokens, record={"unshared": False})
-    ed = Editor(str(tiny), adapter=str(tmp_path / "shared-only"), batch_frames=4)
-    assert ed.vision is None and ed.unshared is False
+    from jaxvedit.editing.adapters import load_edit_adapters
+
+    ad = load_edit_adapters(tmp_path / "shared-only", ed.unet, ed.text_encoder, model_root=tmp_path)
+    assert ad.vision is None and ad.unshared is False  # tmp_path has no image_encoder/: not needed
+    ed.tokens, ed.unshared = ad.tokens, ad.unshared
     ctx = ed.contexts(frames, ["a cat"], True)[0]
     assert ctx.shape == (1, 3 + 77, 32)
     np.testing.assert_array_equal(ctx[0, :3], np.asarray(tokens.shared.value))

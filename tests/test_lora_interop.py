@@ -347,10 +347,12 @@ def test_kohya_layout(s, tmp_path):
     file2 = tmp_path / "kohya_by_diffusers.safetensors"
     save_file({k: v.contiguous() for k, v in theirs.items()}, str(file2))
     imp2 = import_lora(file2, s.unet, s.text)
-    fixed, _ = _diffusers_with_file_scales(s, file2, imp2)
-    ours = _check("kohya layout written by diffusers' convert_state_dict_to_kohya", s, file2,
-                  imp2, fixed)
+    fixed, as_loaded = _diffusers_with_file_scales(s, file2, imp2)
+    ours = _check("kohya layout written by diffusers' convert_state_dict_to_kohya (vs diffusers "
+                  "with the file's scales)", s, file2, imp2, fixed)
     np.testing.assert_array_equal(ours[0], s.script_outputs[0])
+    print(f"  diffusers' own load_lora_weights of that file: UNet max|diff|/std = "
+          f"{_rel(ours[0], as_loaded[0]):.2e} (attn2.to_k: rank 2, alpha 2 loaded with alpha 4)")
 
 
 def _diffusers_with_file_scales(s, file, imp):
@@ -407,6 +409,13 @@ def test_our_kohya_export_loads_in_diffusers(s, tmp_path):
     _check("our kohya export in diffusers' load_lora_weights", s, file, imp, ref)
     back = import_lora(file, s.unet, s.text)
     assert _per_module(back.unet) == _per_module(imp.unet)
+    # and our own adapter format keeps the per-module ranks and alphas
+    from jaxvedit.adapters import load_adapter, save_adapter
+
+    own = load_adapter(save_adapter(tmp_path / "own", imp.unet), s.unet)
+    assert _per_module(own) == _per_module(imp.unet) and own.config == imp.unet.config
+    for a, b in zip(own.layers, imp.unet.layers):
+        np.testing.assert_array_equal(a.lora_B.value, b.lora_B.value)
 
 
 def test_our_diffusers_export_loads_in_diffusers(s, tmp_path):

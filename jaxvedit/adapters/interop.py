@@ -371,6 +371,9 @@ def _torch_layout(layer, model: nnx.Module | None, fold: bool) -> tuple[np.ndarr
     adapted module is a 1x1 convolution (peft's and kohya's Conv2d LoRA)."""
     from jaxvedit.adapters.lora import get_submodule
 
+    if model is None and layer.path.endswith(("proj_in", "proj_out")):
+        raise ValueError(f"exporting the LoRA of {layer.path} needs the adapted UNet (unet=...): "
+                         "it is a 1x1 convolution in SD1.5 (4-D LoRA tensors) or a Linear")
     down = np.asarray(layer.lora_A.value, np.float32).T
     up = np.asarray(layer.lora_B.value, np.float32).T * (layer.scale if fold else 1.0)
     if model is not None and isinstance(get_submodule(model, layer.path), nnx.Conv):
