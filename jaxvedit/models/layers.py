@@ -201,10 +201,11 @@ def attention(q, k, v, heads: int, implementation: str | None = None):
     return out.reshape(b, lq, inner)
 
 
-# Per-call adapter context for the attention projections (``jaxvedit.adapters`` installs it):
-# a function ``(path, x, base_output) -> output`` where ``path`` is the projection's diffusers
-# module path (``...attn1.to_q``, ``...attn1.to_out.0``). Absent (the default), the projections
-# are plain linears, bit-identical to a model without adapters.
+# Per-call adapter context for the attention projections and the other linears of the
+# transformer blocks (``jaxvedit.adapters`` installs it): a function ``(path, x, base_output) ->
+# output`` where ``path`` is the layer's diffusers module path (``...attn1.to_q``,
+# ``...attn1.to_out.0``, ``...ff.net.2``, ``...proj_in``; the CLIP encoders' ``...q_proj``).
+# Absent (the default), the layers are plain linears, bit-identical to a model without adapters.
 _PROJECTION_ADAPTER: contextvars.ContextVar = contextvars.ContextVar(
     "jaxvedit_projection_adapter", default=None)
 
@@ -263,11 +264,12 @@ class Attention(nnx.Module):
 
 
 class GEGLU(nnx.Module):
-    def __init__(self, dim_in: int, dim_out: int, p: Precision, rngs: nnx.Rngs):
+    def __init__(self, dim_in: int, dim_out: int, p: Precision, rngs: nnx.Rngs, path: str = ""):
+        self.path = path
         self.proj = linear(dim_in, dim_out * 2, p, rngs)
 
     def __call__(self, x):
-        hidden, gate = jnp.split(self.proj(x), 2, axis=-1)
+        hidden, gate = jnp.split(_project(self.proj, x, _join(self.path, "proj")), 2, axis=-1)
         return hidden * jax.nn.gelu(gate, approximate=False)  # exact GELU, as torch's default
 
 
@@ -279,14 +281,15 @@ class Identity(nnx.Module):
 
 
 class FeedForward(nnx.Module):
-    def __init__(self, dim: int, p: Precision, rngs: nnx.Rngs, mult: int = 4):
+    def __init__(self, dim: int, p: Precision, rngs: nnx.Rngs, mult: int = 4, path: str = ""):
         inner = dim * mult
-        self.net = nnx.List([GEGLU(dim, inner, p, rngs), Identity(), linear(inner, dim, p, rngs)])
+        self.path = path
+        self.net = nnx.List([GEGLU(dim, inner, p, rngs, path=_join(path, "net.0")), Identity(),
+                             linear(inner, dim, p, rngs)])
 
     def __call__(self, x):
-        for layer in self.net:
-            x = layer(x)
-        return x
+        x = self.net[1](self.net[0](x))
+        return _project(self.net[2], x, _join(self.path, "net.2"))
 
 
 class BasicTransformerBlock(nnx.Module):
@@ -302,7 +305,7 @@ class BasicTransformerBlock(nnx.Module):
         self.attn2 = Attention(dim, heads, dim_head, p, rngs, cross_attention_dim=cross_attention_dim,
                                path=_join(path, "attn2"))
         self.norm3 = LayerNorm(dim, 1e-5, p)
-        self.ff = FeedForward(dim, p, rngs)
+        self.ff = FeedForward(dim, p, rngs, path=_join(path, "ff"))
 
     def __call__(self, x, context):
         x = self.attn1(self.norm1(x), context if self.only_cross_attention else None) + x
@@ -338,15 +341,16 @@ class Transformer2DModel(nnx.Module):
         b, h, w, _ = x.shape
         residual = x
         x = self.norm(x)
+        proj_in, proj_out = _join(self.path, "proj_in"), _join(self.path, "proj_out")
         if self.use_linear_projection:
-            x = self.proj_in(x.reshape(b, h * w, -1))
-        else:
-            x = self.proj_in(x)
+            x = _project(self.proj_in, x.reshape(b, h * w, -1), proj_in)
+        else:  # 1x1 convolution: a linear on channels, adapted as one
+            x = _project(self.proj_in, x, proj_in)
             x = x.reshape(b, h * w, -1)
         for block in self.transformer_blocks:
             x = block(x, context)
         if self.use_linear_projection:
-            x = self.proj_out(x).reshape(b, h, w, -1)
+            x = _project(self.proj_out, x, proj_out).reshape(b, h, w, -1)
         else:
-            x = self.proj_out(x.reshape(b, h, w, -1))
+            x = _project(self.proj_out, x.reshape(b, h, w, -1), proj_out)
         return emit(self.path, x + residual)

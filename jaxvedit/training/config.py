@@ -36,9 +36,10 @@ class TrainConfig:
     # adapters
     lora_rank: int = opt(4, "LoRA rank r", "adapters")
     lora_alpha: float = opt(4.0, "LoRA alpha (scale alpha/r)", "adapters")
-    lora_targets: Literal["all", "down"] = opt("all", "LoRA on every attention ('all', the authors' "
-                                               "code) or on down-block attentions ('down', the paper)",
-                                               "adapters")
+    lora_targets: tuple[str, ...] = opt(
+        ("all",), "LoRA targets, united: the presets 'all' (every attention projection, the authors' "
+        "code) and 'down' (down-block attentions, the paper) and/or UNet module paths or fnmatch "
+        "patterns, e.g. 'up_blocks.*.attn1.to_q' 'mid_block.*.ff.net.2'", "adapters")
     n_shared_tokens: int = opt(18, "N_share: shared prompt tokens", "adapters")
     unshared_tokens: bool = opt(True, "frame-specific tokens from CLIP vision hidden states", "adapters")
     pooling: str = opt("avg2", "pooling of the vision tokens: 'avg2' or 'stride:s'", "adapters")
@@ -79,6 +80,12 @@ class TrainConfig:
     progress: bool = opt(True, "show a progress bar", "run")
 
     def __post_init__(self):
+        if isinstance(self.lora_targets, str):  # a config file's "lora_targets": "down"
+            object.__setattr__(self, "lora_targets", (self.lora_targets,))
+        object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
+        if not self.lora_targets or not all(isinstance(t, str) and t.strip() for t in self.lora_targets):
+            raise ValueError(f"lora_targets={list(self.lora_targets)}: give at least one preset "
+                             "('all', 'down') or module-path pattern")
         if self.frames < 3:
             raise ValueError(f"frames={self.frames}: the temporal loss needs T >= 3 frames per clip")
         if self.resolution % 8:
