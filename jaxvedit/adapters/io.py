@@ -3,9 +3,10 @@
 Own format (:func:`save_adapter` / :func:`load_adapter`): a folder with
 ``adapter_model.safetensors`` (only the adapter tensors, flax layout, float32 unless the
 adapter holds another dtype) and ``adapter_config.json``
-(``{"format": "jaxvedit-adapter", "version": 1, "kind": "lora" | "prompt_tokens",
+(``{"format": "jaxvedit-adapter", "version": 1, "kind": "lora" | "prompt_tokens" | "dape",
 "config": {...}, "tensors": {name: shape}}``). Tensor names: ``{module path}.lora_A`` /
-``.lora_B`` for LoRA, ``shared`` / ``proj_kernel`` / ``proj_bias`` for prompt tokens.
+``.lora_B`` for LoRA, ``shared`` / ``proj_kernel`` / ``proj_bias`` for prompt tokens,
+``norm.{norm path}.scale|bias|alpha0`` and ``adapter.{block path}.{...}`` for DAPE.
 
 diffusers/peft layout (:func:`export_lora_diffusers`): ``pytorch_lora_weights.safetensors`` with
 ``unet.{module path}.lora_A.weight`` (r, in) and ``unet.{module path}.lora_B.weight`` (out, r),
@@ -27,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxvedit.adapters.dape import DAPE, DAPEConfig, dape_state, dape_variables
 from jaxvedit.adapters.lora import LoRA, LoRAConfig, lora_state, resolve_targets
 from jaxvedit.adapters.prompt_tokens import PromptTokenConfig, PromptTokens
 
@@ -45,13 +47,17 @@ def _kind(adapter) -> str:
         return "lora"
     if isinstance(adapter, PromptTokens):
         return "prompt_tokens"
-    raise TypeError(f"not an adapter: {type(adapter).__name__} (expected LoRA or PromptTokens)")
+    if isinstance(adapter, DAPE):
+        return "dape"
+    raise TypeError(f"not an adapter: {type(adapter).__name__} (expected LoRA, PromptTokens or DAPE)")
 
 
 def adapter_tensors(adapter) -> dict[str, np.ndarray]:
     """The adapter's tensors by file name (flax layout)."""
     if _kind(adapter) == "lora":
         items = lora_state(adapter)
+    elif _kind(adapter) == "dape":
+        items = dape_state(adapter)
     else:
         items = {"shared": adapter.shared.value, "proj_kernel": adapter.proj_kernel.value,
                  "proj_bias": adapter.proj_bias.value}
@@ -62,13 +68,15 @@ def _assign(adapter, name: str, value) -> None:
     if _kind(adapter) == "lora":
         path, leaf = name.rsplit(".", 1)
         var = getattr(adapter.layer(path), leaf)
+    elif _kind(adapter) == "dape":
+        var = dape_variables(adapter)[name]
     else:
         var = getattr(adapter, name)
     var.value = jnp.asarray(value, dtype=var.value.dtype)
 
 
 def save_adapter(path: str | os.PathLike, adapter, *, extra: dict | None = None) -> Path:
-    """Write ``adapter`` (a :class:`LoRA` or :class:`PromptTokens`) to the folder ``path``."""
+    """Write ``adapter`` (a :class:`LoRA`, :class:`PromptTokens` or :class:`DAPE`) to ``path``."""
     from safetensors.numpy import save_file
 
     folder = Path(path)
@@ -101,8 +109,9 @@ def read_adapter_config(path: str | os.PathLike) -> dict:
 def load_adapter(path: str | os.PathLike, unet: nnx.Module | None = None, *, into=None):
     """Read an adapter folder written by :func:`save_adapter`.
 
-    Returns a new :class:`LoRA` (``unet`` required: the LoRA is rebuilt for it from the saved
-    config, then every tensor is checked against it) or :class:`PromptTokens`; or fills the
+    Returns a new :class:`LoRA` or :class:`DAPE` (``unet`` required: the adapter is rebuilt for
+    it from the saved config, then every tensor is checked against it) or :class:`PromptTokens`;
+    or fills the
     existing adapter ``into``. A tensor missing, unexpected or of another shape (a file made for
     another model) raises :class:`AdapterLoadError` naming it.
     """
@@ -125,6 +134,13 @@ def load_adapter(path: str | os.PathLike, unet: nnx.Module | None = None, *, int
             raise AdapterLoadError(f"cannot load LoRA {folder}: {err.args[0]}") from err
     elif kind == "prompt_tokens":
         adapter = PromptTokens(PromptTokenConfig.from_dict(meta["config"]))
+    elif kind == "dape":
+        if unet is None:
+            raise ValueError("loading a DAPE adapter needs the UNet it adapts (load_adapter(path, unet))")
+        try:
+            adapter = DAPE(unet, DAPEConfig.from_dict(meta["config"]))
+        except KeyError as err:
+            raise AdapterLoadError(f"cannot load DAPE adapter {folder}: {err.args[0]}") from err
     else:
         raise AdapterLoadError(f"unknown adapter kind {kind!r} in {folder / CONFIG_NAME}")
     tensors = read_safetensors(folder / WEIGHTS_NAME)
