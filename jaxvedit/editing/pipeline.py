@@ -89,9 +89,13 @@ def chunk_indices(num_frames: int, batch_frames: int, carry_first: bool) -> list
 # adapters
 
 
+ADAPTER_KINDS = ("lora", "prompt_tokens", "dape")
+
+
 def find_adapter_parts(path: str | Path) -> dict[str, Path]:
-    """``{"lora": folder, "prompt_tokens": folder}`` (either may be absent) of an adapter folder:
-    ``<run>/adapter`` with ``lora/`` and/or ``prompt_tokens/``, or one adapter folder itself."""
+    """``{"lora": folder, "prompt_tokens": folder, "dape": folder}`` (any may be absent) of an
+    adapter folder: ``<run>/adapter`` with ``lora/``, ``prompt_tokens/`` and/or ``dape/``, or one
+    adapter folder itself."""
     import json
 
     from jaxvedit.adapters.io import CONFIG_NAME
@@ -101,12 +105,12 @@ def find_adapter_parts(path: str | Path) -> dict[str, Path]:
         raise FileNotFoundError(f"adapter folder not found: {p}")
     if (p / CONFIG_NAME).is_file():
         kind = json.loads((p / CONFIG_NAME).read_text()).get("kind")
-        if kind not in ("lora", "prompt_tokens"):
+        if kind not in ADAPTER_KINDS:
             raise AdapterLoadError(f"unknown adapter kind {kind!r} in {p / CONFIG_NAME}")
         return {kind: p}
-    parts = {k: p / k for k in ("lora", "prompt_tokens") if (p / k / CONFIG_NAME).is_file()}
+    parts = {k: p / k for k in ADAPTER_KINDS if (p / k / CONFIG_NAME).is_file()}
     if not parts:
-        raise FileNotFoundError(f"no adapter in {p}: expected lora/ and/or prompt_tokens/ with "
+        raise FileNotFoundError(f"no adapter in {p}: expected lora/, prompt_tokens/ or dape/ with "
                                 f"{CONFIG_NAME} (as python -m jaxvedit.train writes to <run>/adapter)")
     return parts
 
@@ -173,7 +177,7 @@ class Editor:
         self._encode = _jit_method(self.vae, lambda m, x: m.encode_to_latents(x))
         self._decode = _jit_method(self.vae, lambda m, z: m.decode_latents(z))
         self._text = _jit_method(self.text_encoder, lambda m, ids: m(ids).last_hidden_state)
-        self.lora = self.tokens = self.vision = None
+        self.lora = self.tokens = self.vision = self.dape = None
         self.adapter_path = adapter
         if adapter is not None:
             self._load_adapter(adapter, vision_model)
@@ -187,6 +191,8 @@ class Editor:
         parts = find_adapter_parts(path)
         if "lora" in parts:
             self.lora = load_adapter(parts["lora"], self.unet)
+        if "dape" in parts:
+            self.dape = load_adapter(parts["dape"], self.unet)
         if "prompt_tokens" in parts:
             tokens = load_adapter(parts["prompt_tokens"])
             ctx_dim = self.unet.config.cross_attention_dim
@@ -268,7 +274,8 @@ class Editor:
         bf = min(self.batch_frames, n)
         chunks = chunk_indices(n, bf, carry_first=cross_frame)
         pred = EditPredictor(self.unet, self.lora if use_lora else None, lora_tau=lora_tau,
-                             lora_ratio=lora_ratio, cross_frame_group=bf if cross_frame else 0)
+                             lora_ratio=lora_ratio, cross_frame_group=bf if cross_frame else 0,
+                             dape=self.dape if use_adapter else None)
         flt = filter if filter is not None else BilateralFilterConfig.none()
         if flt.mode == "features" and flt.feature_paths is None:
             flt = dataclasses.replace(flt, feature_paths=default_feature_paths(self.unet))
@@ -395,6 +402,6 @@ def edit_video(cfg: EditConfig) -> dict:
     return {"outputs": written, "frames": int(len(res.frames)), "fps": fps,
             "resolution": cfg.resolution, "steps": cfg.steps, "filter": cfg.filter,
             "cross_frame": cfg.cross_frame, "adapter": cfg.adapter,
-            "adapter_parts": sorted(k for k, v in (("lora", editor.lora), ("prompt_tokens", editor.tokens))
-                                    if v is not None),
+            "adapter_parts": sorted(k for k, v in (("lora", editor.lora), ("prompt_tokens", editor.tokens),
+                                                   ("dape", editor.dape)) if v is not None),
             "demo": demo, "timings": {"load_s": t_load, **res.timings}}
