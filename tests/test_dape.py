@@ -412,6 +412,33 @@ def test_resumed_across_the_stage_boundary_equals_uninterrupted(tmp_path, unet, 
         assert [r["stage"] for r in lines] == [1, 1, 1, 2, 2, 2]
 
 
+def test_dataset_mode_reads_a_folder(tmp_path, unet, tiny, text):
+    """--data: the clips come from a captions.jsonl folder through ClipDataset (latent cache),
+    then the same two stages (here with a stand-in VAE; the compiled steps are shared)."""
+    from jaxvedit.data.video import make_sample_dataset
+    from jaxvedit.training.dape import _clips
+
+    make_sample_dataset(tmp_path / "data", n_videos=2, frames=6, size=64)
+    calls = []
+
+    class Models:  # what _clips uses of DAPEModels: an encoder and its fingerprint
+        fingerprint = "fake-vae"
+
+        @staticmethod
+        def latents(frames):
+            calls.append(len(frames))
+            return frames[:, ::8, ::8, :].astype(np.float32)[..., :3].repeat(2, -1)[..., :4] / 255.0
+
+    cfg = _train_cfg(data=str(tmp_path / "data"), stage1_steps=1, stage2_steps=1)
+    clips = _clips(cfg, Models)
+    assert calls == [6, 6] and len(clips.captions) == 2
+    text_fn, empty = text
+    captions = dict(zip(clips.captions, text_fn(["a red square moving right", ""])))
+    dape, s = run_dape(unet, clips, lambda caps: np.stack([captions[c] for c in caps]), empty,
+                       _schedule(tiny), cfg, log=lambda m: None)
+    assert s["steps"] == 2 and dape.config.vision_adapter
+
+
 def test_cli_trains_both_stages_and_edit_uses_the_result(tmp_path, tiny, capsys):
     """``python -m jaxvedit.train --method dape`` (the embedded demo, short stages) writes
     adapter/dape; the editor (what ``python -m jaxvedit.edit --adapter`` builds) loads it, and its
