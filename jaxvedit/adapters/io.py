@@ -3,12 +3,13 @@
 Own format (:func:`save_adapter` / :func:`load_adapter`): a folder with
 ``adapter_model.safetensors`` (only the adapter tensors, flax layout, float32 unless the
 adapter holds another dtype) and ``adapter_config.json``
-(``{"format": "jaxvedit-adapter", "version": 2, "kind": "lora" | "prompt_tokens",
+(``{"format": "jaxvedit-adapter", "version": 2, "kind": "lora" | "prompt_tokens" | "dape",
 "config": {...}, "tensors": {name: shape}}``, plus what the adapter was trained with: a LoRA's
 resolved ``targets`` and ``gate``; the prompt tokens' ``vision_tower`` (source and fingerprints)
 and ``unshared``; see :mod:`jaxvedit.adapters.records`; version 1 files have none of these and
 still load). Tensor names: ``{module path}.lora_A`` / ``.lora_B`` for LoRA, ``shared`` /
-``proj_kernel`` / ``proj_bias`` for prompt tokens.
+``proj_kernel`` / ``proj_bias`` for prompt tokens, ``norm.{norm path}.scale|bias|alpha0`` and
+``adapter.{block path}.{...}`` for DAPE.
 
 The diffusers/peft and kohya layouts (export and import) live in :mod:`jaxvedit.adapters.interop`.
 """
@@ -23,8 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxvedit.adapters.dape import DAPE, DAPEConfig, dape_state, dape_variables
 from jaxvedit.adapters.errors import AdapterLoadError
-from jaxvedit.adapters.lora import LoRA, LoRAConfig, lora_state
+from jaxvedit.adapters.lora import LoRA, LoRAConfig, lora_state, resolve_targets
 from jaxvedit.adapters.prompt_tokens import PromptTokenConfig, PromptTokens
 
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -39,13 +41,17 @@ def _kind(adapter) -> str:
         return "lora"
     if isinstance(adapter, PromptTokens):
         return "prompt_tokens"
-    raise TypeError(f"not an adapter: {type(adapter).__name__} (expected LoRA or PromptTokens)")
+    if isinstance(adapter, DAPE):
+        return "dape"
+    raise TypeError(f"not an adapter: {type(adapter).__name__} (expected LoRA, PromptTokens or DAPE)")
 
 
 def adapter_tensors(adapter) -> dict[str, np.ndarray]:
     """The adapter's tensors by file name (flax layout)."""
     if _kind(adapter) == "lora":
         items = lora_state(adapter)
+    elif _kind(adapter) == "dape":
+        items = dape_state(adapter)
     else:
         items = {"shared": adapter.shared.value, "proj_kernel": adapter.proj_kernel.value,
                  "proj_bias": adapter.proj_bias.value}
@@ -56,6 +62,8 @@ def _assign(adapter, name: str, value) -> None:
     if _kind(adapter) == "lora":
         path, leaf = name.rsplit(".", 1)
         var = getattr(adapter.layer(path), leaf)
+    elif _kind(adapter) == "dape":
+        var = dape_variables(adapter)[name]
     else:
         var = getattr(adapter, name)
     var.value = jnp.asarray(value, dtype=var.value.dtype)
@@ -66,7 +74,7 @@ RECORD_KEYS = ("vision_tower", "unshared", "base_model")
 
 def save_adapter(path: str | os.PathLike, adapter, *, extra: dict | None = None,
                  record: dict | None = None) -> Path:
-    """Write ``adapter`` (a :class:`LoRA` or :class:`PromptTokens`) to the folder ``path``.
+    """Write ``adapter`` (a :class:`LoRA`, :class:`PromptTokens` or :class:`DAPE`) to ``path``.
 
     A LoRA file records its resolved ``targets`` and its ``gate``; ``record`` adds what the
     adapter was trained with: ``vision_tower`` (:func:`jaxvedit.adapters.records.vision_tower_record`),
@@ -111,8 +119,9 @@ def read_adapter_config(path: str | os.PathLike) -> dict:
 def load_adapter(path: str | os.PathLike, unet: nnx.Module | None = None, *, into=None):
     """Read an adapter folder written by :func:`save_adapter`.
 
-    Returns a new :class:`LoRA` (``unet`` required: the LoRA is rebuilt for it from the saved
-    config, then every tensor is checked against it) or :class:`PromptTokens`; or fills the
+    Returns a new :class:`LoRA` or :class:`DAPE` (``unet`` required: the adapter is rebuilt for
+    it from the saved config, then every tensor is checked against it) or :class:`PromptTokens`;
+    or fills the
     existing adapter ``into``. A tensor missing, unexpected or of another shape (a file made for
     another model) raises :class:`AdapterLoadError` naming it.
     """
@@ -135,6 +144,13 @@ def load_adapter(path: str | os.PathLike, unet: nnx.Module | None = None, *, int
             raise AdapterLoadError(f"cannot load LoRA {folder}: {err.args[0]}") from err
     elif kind == "prompt_tokens":
         adapter = PromptTokens(PromptTokenConfig.from_dict(meta["config"]))
+    elif kind == "dape":
+        if unet is None:
+            raise ValueError("loading a DAPE adapter needs the UNet it adapts (load_adapter(path, unet))")
+        try:
+            adapter = DAPE(unet, DAPEConfig.from_dict(meta["config"]))
+        except KeyError as err:
+            raise AdapterLoadError(f"cannot load DAPE adapter {folder}: {err.args[0]}") from err
     else:
         raise AdapterLoadError(f"unknown adapter kind {kind!r} in {folder / CONFIG_NAME}")
     tensors = read_safetensors(folder / WEIGHTS_NAME)

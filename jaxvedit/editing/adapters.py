@@ -20,9 +20,13 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+ADAPTER_KINDS = ("lora", "prompt_tokens", "dape")
+
+
 def find_adapter_parts(path: str | Path) -> dict[str, Path]:
-    """``{"lora": folder, "prompt_tokens": folder}`` (either may be absent) of an adapter folder:
-    ``<run>/adapter`` with ``lora/`` and/or ``prompt_tokens/``, or one adapter folder itself; or
+    """``{"lora": folder, "prompt_tokens": folder, "dape": folder}`` (any may be absent) of an
+    adapter folder: ``<run>/adapter`` with ``lora/``, ``prompt_tokens/`` and/or ``dape/`` (what
+    ``python -m jaxvedit.train`` and ``--method dape`` write), or one adapter folder itself; or
     ``{"lora_file": file}`` for a LoRA ``.safetensors`` file of another tool (diffusers / peft /
     kohya layouts, :func:`jaxvedit.adapters.import_lora`)."""
     p = Path(path)
@@ -32,12 +36,12 @@ def find_adapter_parts(path: str | Path) -> dict[str, Path]:
         raise FileNotFoundError(f"adapter folder not found: {p}")
     if (p / CONFIG_NAME).is_file():
         kind = json.loads((p / CONFIG_NAME).read_text()).get("kind")
-        if kind not in ("lora", "prompt_tokens"):
+        if kind not in ADAPTER_KINDS:
             raise AdapterLoadError(f"unknown adapter kind {kind!r} in {p / CONFIG_NAME}")
         return {kind: p}
-    parts = {k: p / k for k in ("lora", "prompt_tokens") if (p / k / CONFIG_NAME).is_file()}
+    parts = {k: p / k for k in ADAPTER_KINDS if (p / k / CONFIG_NAME).is_file()}
     if not parts:
-        raise FileNotFoundError(f"no adapter in {p}: expected lora/ and/or prompt_tokens/ with "
+        raise FileNotFoundError(f"no adapter in {p}: expected lora/, prompt_tokens/ or dape/ with "
                                 f"{CONFIG_NAME} (as python -m jaxvedit.train writes to <run>/adapter), "
                                 "or a LoRA .safetensors file")
     return parts
@@ -49,6 +53,7 @@ class EditAdapters:
     another tool's file), the prompt tokens and the vision tower their unshared part needs."""
 
     lora: object | None = None
+    dape: object | None = None
     text_lora: object | None = None
     tokens: object | None = None
     unshared: bool = True
@@ -81,6 +86,9 @@ def load_edit_adapters(path: str | Path, unet, text_encoder, *, model_root: Path
         meta = read_adapter_config(parts["lora"])
         out.lora = load_adapter(parts["lora"], unet)
         check_lora_record(meta, out.lora, num_train_timesteps, str(parts["lora"]))
+    if "dape" in parts:
+        out.dape = load_adapter(parts["dape"], unet)
+        out.notes.append(f"DAPE adapter {parts['dape']}")
     if "prompt_tokens" in parts:
         folder = parts["prompt_tokens"]
         meta = read_adapter_config(folder)

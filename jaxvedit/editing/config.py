@@ -44,8 +44,9 @@ class EditConfig:
     model: str | None = opt(None, "SD1.5 weights: a diffusers folder (or a Hugging Face repo id) "
                             "with unet/ vae/ text_encoder/ tokenizer/ (default: the demo's tiny "
                             "model)", "model")
-    adapter: str | None = opt(None, "trained adapter folder (<run>/adapter with lora/ and/or "
-                              "prompt_tokens/, or one of them); none: the plain model", "model")
+    adapter: str | None = opt(None, "trained adapter folder (<run>/adapter with lora/, "
+                              "prompt_tokens/ and/or dape/, or one of them); none: the plain model",
+                              "model")
     vision_model: str | None = opt(None, "CLIP vision tower for the prompt tokens (default: the "
                                    "model folder's image_encoder/)", "model")
     lora_tau: float = opt(0.9, "LoRA timestep gate at inference: the LoRA acts for t >= tau * 1000 "

@@ -153,7 +153,7 @@ class Editor:
         self._encode = _jit_method(self.vae, lambda m, x: m.encode_to_latents(x))
         self._decode = _jit_method(self.vae, lambda m, z: m.decode_latents(z))
         self._text = _jit_method(self.text_encoder, lambda m, ids: m(ids).last_hidden_state)
-        self.lora = self.text_lora = self.tokens = self.vision = None
+        self.lora = self.text_lora = self.tokens = self.vision = self.dape = None
         self.unshared = True
         self.adapter_path, self.adapter_notes = adapter, []
         # a merged LoRA is merged per edit (at that edit's ratio) and the exact base kernels are
@@ -168,7 +168,7 @@ class Editor:
                                 vision_model=vision_model,
                                 num_train_timesteps=self.schedule.num_train_timesteps)
         self.lora, self.text_lora, self.tokens, self.unshared = ad.lora, ad.text_lora, ad.tokens, ad.unshared
-        self.vision, self.adapter_notes = ad.vision, ad.notes
+        self.vision, self.adapter_notes, self.dape = ad.vision, ad.notes, ad.dape
         if self.vision is not None:
             self._vision = _jit_method(self.vision, lambda m, x: m(x).last_hidden_state)
         if self.text_lora is not None:
@@ -242,7 +242,8 @@ class Editor:
         chunks = chunk_indices(n, bf, carry_first=cross_frame)
         pred = EditPredictor(self.unet, self.lora if use_lora and not merge else None,
                              lora_tau=lora_tau, lora_ratio=lora_ratio,
-                             cross_frame_group=bf if cross_frame else 0)
+                             cross_frame_group=bf if cross_frame else 0,
+                             dape=self.dape if use_adapter else None)
         flt = filter if filter is not None else BilateralFilterConfig.none()
         if flt.mode == "features" and flt.feature_paths is None:
             flt = dataclasses.replace(flt, feature_paths=default_feature_paths(self.unet))
@@ -375,6 +376,6 @@ def edit_video(cfg: EditConfig) -> dict:
             "cross_frame": cfg.cross_frame, "adapter": cfg.adapter,
             "adapter_notes": editor.adapter_notes,
             "adapter_parts": sorted(k for k, v in (("lora", editor.lora), ("prompt_tokens", editor.tokens),
-                                                   ("text_encoder_lora", editor.text_lora))
-                                    if v is not None),
+                                                   ("text_encoder_lora", editor.text_lora),
+                                                   ("dape", editor.dape)) if v is not None),
             "demo": demo, "timings": {"load_s": t_load, **res.timings}}

@@ -37,6 +37,11 @@ def _join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
 
+def _child(prefix: str, name: str) -> str:
+    """A child's module path, or "" when the parent has none (pathless modules stay pathless)."""
+    return f"{prefix}.{name}" if prefix else ""
+
+
 def linear(din: int, dout: int, p: Precision, rngs: nnx.Rngs, use_bias: bool = True) -> nnx.Linear:
     return nnx.Linear(din, dout, use_bias=use_bias, dtype=p.dtype, param_dtype=p.param_dtype, rngs=rngs)
 
@@ -49,13 +54,26 @@ def conv(din: int, dout: int, k: int, p: Precision, rngs: nnx.Rngs, stride: int 
                     rngs=rngs)
 
 
+# Per-call norm context (DAPE norm-tuning, ``jaxvedit.adapters.dape``, installs it): a function
+# ``(path, x, normalized) -> output | None`` that replaces the affine part of the norm at module
+# path ``path`` (``normalized`` is the float32 ``(x - mean) / std`` before gamma and beta; None:
+# this norm is not tuned). Absent (the default), norms are the plain ones, bit-identical.
+_NORM_ADAPTER: contextvars.ContextVar = contextvars.ContextVar("jaxvedit_norm_adapter", default=None)
+
+
+def _tuned_norm(path: str, x, normalized):
+    tuned = _NORM_ADAPTER.get()
+    return None if tuned is None or not path else tuned(path, x, normalized)
+
+
 class GroupNorm(nnx.Module):
     """``torch.nn.GroupNorm`` over the last (channel) axis; statistics in float32."""
 
-    def __init__(self, num_groups: int, num_channels: int, eps: float, p: Precision):
+    def __init__(self, num_groups: int, num_channels: int, eps: float, p: Precision, path: str = ""):
         if num_channels % num_groups:
             raise ValueError(f"GroupNorm: {num_channels} channels not divisible into {num_groups} groups")
         self.num_groups, self.eps, self.dtype = num_groups, eps, p.dtype
+        self.path = path
         self.scale = nnx.Param(jnp.ones((num_channels,), p.param_dtype))
         self.bias = nnx.Param(jnp.zeros((num_channels,), p.param_dtype))
 
@@ -66,15 +84,18 @@ class GroupNorm(nnx.Module):
         mean = xf.mean(axis=(1, 3), keepdims=True)
         var = jnp.square(xf - mean).mean(axis=(1, 3), keepdims=True)
         xf = ((xf - mean) * jax.lax.rsqrt(var + self.eps)).reshape(shape)
-        out = xf * self.scale.value.astype(jnp.float32) + self.bias.value.astype(jnp.float32)
+        out = _tuned_norm(self.path, x, xf)
+        if out is None:
+            out = xf * self.scale.value.astype(jnp.float32) + self.bias.value.astype(jnp.float32)
         return out.astype(self.dtype)
 
 
 class LayerNorm(nnx.Module):
     """``torch.nn.LayerNorm`` over the last axis; statistics in float32."""
 
-    def __init__(self, dim: int, eps: float, p: Precision):
+    def __init__(self, dim: int, eps: float, p: Precision, path: str = ""):
         self.eps, self.dtype = eps, p.dtype
+        self.path = path
         self.scale = nnx.Param(jnp.ones((dim,), p.param_dtype))
         self.bias = nnx.Param(jnp.zeros((dim,), p.param_dtype))
 
@@ -83,7 +104,9 @@ class LayerNorm(nnx.Module):
         mean = xf.mean(-1, keepdims=True)
         var = jnp.square(xf - mean).mean(-1, keepdims=True)
         xf = (xf - mean) * jax.lax.rsqrt(var + self.eps)
-        out = xf * self.scale.value.astype(jnp.float32) + self.bias.value.astype(jnp.float32)
+        out = _tuned_norm(self.path, x, xf)
+        if out is None:
+            out = xf * self.scale.value.astype(jnp.float32) + self.bias.value.astype(jnp.float32)
         return out.astype(self.dtype)
 
 
@@ -148,10 +171,10 @@ class ResnetBlock2D(nnx.Module):
                  eps: float, output_scale_factor: float, p: Precision, rngs: nnx.Rngs, path: str = ""):
         self.path = path
         self.output_scale_factor = output_scale_factor
-        self.norm1 = GroupNorm(groups, in_channels, eps, p)
+        self.norm1 = GroupNorm(groups, in_channels, eps, p, path=_child(path, "norm1"))
         self.conv1 = conv(in_channels, out_channels, 3, p, rngs)
         self.time_emb_proj = linear(temb_channels, out_channels, p, rngs) if temb_channels else None
-        self.norm2 = GroupNorm(groups, out_channels, eps, p)
+        self.norm2 = GroupNorm(groups, out_channels, eps, p, path=_child(path, "norm2"))
         self.conv2 = conv(out_channels, out_channels, 3, p, rngs)
         self.conv_shortcut = (conv(in_channels, out_channels, 1, p, rngs)
                               if in_channels != out_channels else None)
@@ -234,7 +257,8 @@ class Attention(nnx.Module):
         self.attention_implementation = p.attention_implementation
         self.residual_connection = residual_connection
         self.rescale_output_factor = rescale_output_factor
-        self.group_norm = GroupNorm(norm_num_groups, query_dim, eps, p) if norm_num_groups else None
+        self.group_norm = (GroupNorm(norm_num_groups, query_dim, eps, p, path=_child(path, "group_norm"))
+                           if norm_num_groups else None)
         self.to_q = linear(query_dim, inner, p, rngs, use_bias=bias)
         self.to_k = linear(kv_dim, inner, p, rngs, use_bias=bias)
         self.to_v = linear(kv_dim, inner, p, rngs, use_bias=bias)
@@ -292,25 +316,42 @@ class FeedForward(nnx.Module):
         return _project(self.net[2], x, _join(self.path, "net.2"))
 
 
+# Per-call transformer-block context (the DAPE vision adapter installs it): a function
+# ``(path, site, x, grid) -> x`` applied to the residual stream of the block at module path
+# ``path`` after the self-attention residual (``site="attn1"``) and after the feed-forward
+# residual (``site="ff"``); ``grid`` is the token layout ``(H, W)``. Absent (the default), the
+# block is the plain one, bit-identical.
+_BLOCK_ADAPTER: contextvars.ContextVar = contextvars.ContextVar("jaxvedit_block_adapter", default=None)
+
+
+def _adapt_block(path: str, site: str, x, grid):
+    adapter = _BLOCK_ADAPTER.get()
+    return x if adapter is None or not path else adapter(path, site, x, grid)
+
+
 class BasicTransformerBlock(nnx.Module):
     def __init__(self, dim: int, heads: int, dim_head: int, cross_attention_dim: int,
                  p: Precision, rngs: nnx.Rngs, path: str = "", only_cross_attention: bool = False):
         self.path = path
         self.only_cross_attention = only_cross_attention
-        self.norm1 = LayerNorm(dim, 1e-5, p)
+        self.norm1 = LayerNorm(dim, 1e-5, p, path=_child(path, "norm1"))
         self.attn1 = Attention(dim, heads, dim_head, p, rngs,
                                cross_attention_dim=cross_attention_dim if only_cross_attention else None,
                                path=_join(path, "attn1"))
-        self.norm2 = LayerNorm(dim, 1e-5, p)
+        self.norm2 = LayerNorm(dim, 1e-5, p, path=_child(path, "norm2"))
         self.attn2 = Attention(dim, heads, dim_head, p, rngs, cross_attention_dim=cross_attention_dim,
                                path=_join(path, "attn2"))
-        self.norm3 = LayerNorm(dim, 1e-5, p)
+        self.norm3 = LayerNorm(dim, 1e-5, p, path=_child(path, "norm3"))
         self.ff = FeedForward(dim, p, rngs, path=_join(path, "ff"))
 
-    def __call__(self, x, context):
+    def __call__(self, x, context, grid: tuple[int, int] | None = None):
+        """``x (B, N, C)`` tokens; ``grid``: their ``(H, W)`` layout (``N = H * W``), for a block
+        adapter that works on the token grid."""
         x = self.attn1(self.norm1(x), context if self.only_cross_attention else None) + x
+        x = _adapt_block(self.path, "attn1", x, grid)
         x = self.attn2(self.norm2(x), context) + x
         x = self.ff(self.norm3(x)) + x
+        x = _adapt_block(self.path, "ff", x, grid)
         return emit(self.path, x)
 
 
@@ -323,7 +364,7 @@ class Transformer2DModel(nnx.Module):
         inner = heads * dim_head
         self.path = path
         self.use_linear_projection = use_linear_projection
-        self.norm = GroupNorm(norm_num_groups, in_channels, 1e-6, p)
+        self.norm = GroupNorm(norm_num_groups, in_channels, 1e-6, p, path=_child(path, "norm"))
         if use_linear_projection:
             self.proj_in = linear(in_channels, inner, p, rngs)
             self.proj_out = linear(inner, in_channels, p, rngs)
@@ -348,7 +389,7 @@ class Transformer2DModel(nnx.Module):
             x = _project(self.proj_in, x, proj_in)
             x = x.reshape(b, h * w, -1)
         for block in self.transformer_blocks:
-            x = block(x, context)
+            x = block(x, context, grid=(h, w))
         if self.use_linear_projection:
             x = _project(self.proj_out, x, proj_out).reshape(b, h, w, -1)
         else:

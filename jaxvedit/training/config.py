@@ -17,6 +17,11 @@ class TrainConfig:
     with the diffusion and temporal consistency losses (SPEC §3). With no --model and no --data
     it runs the embedded demo: a tiny random model on a generated sample, on CPU, in minutes."""
 
+    method: Literal["adapters", "dape"] = opt(
+        "adapters", "what to train: 'adapters' (gated LoRA + prompt tokens, these options) or "
+        "'dape' (two-stage norm-tuning + vision adapter, docs/dape.md; its options: "
+        "--method dape --help)", "method")
+
     # what to train on
     model: str | None = opt(None, "SD1.5 weights: a diffusers folder, a single-file .safetensors "
                             "checkpoint or a Hugging Face repo id (default: the demo's tiny model)", "data")
@@ -86,6 +91,9 @@ class TrainConfig:
         if not self.lora_targets or not all(isinstance(t, str) and t.strip() for t in self.lora_targets):
             raise ValueError(f"lora_targets={list(self.lora_targets)}: give at least one preset "
                              "('all', 'down') or module-path pattern")
+        if self.method == "dape":
+            raise ValueError("method 'dape' has its own config: jaxvedit.training.dape_config."
+                             "DAPETrainConfig (python -m jaxvedit.train --method dape --help)")
         if self.frames < 3:
             raise ValueError(f"frames={self.frames}: the temporal loss needs T >= 3 frames per clip")
         if self.resolution % 8:
