@@ -54,7 +54,9 @@ def _to_gray01(mask) -> np.ndarray:
     a = np.asarray(mask)
     if a.dtype == bool:
         a = a.astype(np.float32)
-    if a.ndim >= 3 and a.shape[-1] in (3, 4):  # RGB(A) frames -> grayscale
+    if a.ndim == 4 and a.shape[-1] not in (1, 3, 4):
+        raise ValueError(f"masks (B, H, W, C) must have 1, 3 or 4 channels, got shape {a.shape}")
+    if a.ndim == 4 and a.shape[-1] in (3, 4):  # RGB(A) frames -> grayscale
         if a.dtype == np.uint8:
             from PIL import Image
 
@@ -63,7 +65,7 @@ def _to_gray01(mask) -> np.ndarray:
             a = gray.reshape(a.shape[:-1])
         else:  # ITU-R 601-2 luma, as PIL's "L"
             a = a[..., 0] * 0.299 + a[..., 1] * 0.587 + a[..., 2] * 0.114
-    elif a.ndim >= 3 and a.shape[-1] == 1:
+    elif a.ndim == 4:
         a = a[..., 0]
     if a.dtype == np.uint8:
         return a.astype(np.float32) / 255.0
@@ -73,9 +75,9 @@ def _to_gray01(mask) -> np.ndarray:
 
 
 def preprocess_mask(mask) -> np.ndarray:
-    """Masks ``(..., H, W)`` / ``(..., H, W, 1)`` / RGB ``(..., H, W, 3)`` (bool, uint8 0-255 or
-    float 0-1) -> binarized float32 ``(..., H, W, 1)`` as diffusers' mask processor (no resize:
-    resize frames and masks to the working size first)."""
+    """Masks ``(B, H, W)`` / ``(B, H, W, 1)`` / RGB ``(B, H, W, 3)`` (bool, uint8 0-255 or float
+    0-1; channels only in 4-D input) -> binarized float32 ``(B, H, W, 1)`` as diffusers' mask
+    processor (no resize: resize frames and masks to the working size first)."""
     return binarize_mask(_to_gray01(mask))[..., None]
 
 

@@ -99,8 +99,8 @@ class LoRAEditResult:
 
 
 def keep_mask(mask, mode: str = "keep") -> np.ndarray:
-    """``M_condition`` as bool ``(..., H, W)`` from a mask (bool, uint8, float in [0, 1]; one
-    channel or RGB, binarized at 0.5 as diffusers' mask processor): ``mode="keep"``: white / 1 =
+    """``M_condition`` as bool ``(T, H, W)`` from masks ``(T, H, W)`` or ``(T, H, W, 1 | 3)``
+    (bool, uint8, float in [0, 1]; binarized at 0.5 as diffusers' mask processor): ``mode="keep"``: white / 1 =
     keep (the paper's ``M_condition``); ``"edit"``: white / 1 = regenerate (diffusers, SAM masks,
     the authors' mask videos)."""
     if mode not in MASK_MODES:

@@ -22,6 +22,7 @@ Usage on any (frames, masks, text) data::
 
 from __future__ import annotations
 
+import functools
 import random
 
 import jax
@@ -31,7 +32,8 @@ import optax
 from flax import nnx
 
 from jaxvedit.adapters.train import adapter_optimizer, init_adapter_training, make_adapter_train_step
-from jaxvedit.diffusion.inpaint import encode_latents, prepare_mask_latents, preprocess_mask
+from jaxvedit.diffusion.inpaint import (encode_latents, masked_image, preprocess_mask,
+                                        resize_mask_nearest)
 from jaxvedit.diffusion.schedules import NoiseSchedule
 from jaxvedit.models.inpaint import check_inpainting_unet, inpainting_input
 
@@ -107,15 +109,24 @@ def make_inpaint_batch(vae, images, context, rng: random.Random | int, *, key, m
     mask = preprocess_mask(masks)
     if mask.shape[:3] != (b, h, w):
         raise ValueError(f"masks {np.shape(masks)} do not fit the images {images.shape}")
-    k1, k2 = jax.random.split(key)
-    lat = encode_latents(vae, images, sample=sample, key=k1)
-    mask_lat, masked = prepare_mask_latents(vae, images, mask, sample=sample, key=k2)
-    batch = {"latents": lat, "mask": mask_lat, "masked_latents": masked,
+    mask_lat = resize_mask_nearest(mask, (h // vae.downscale_factor, w // vae.downscale_factor))
+    graphdef, state = nnx.split(vae)
+    lat, masked = _encode_pair(graphdef, state, jnp.asarray(images),
+                               jnp.asarray(masked_image(images, mask)), key, sample=sample)
+    batch = {"latents": lat, "mask": jnp.asarray(mask_lat, jnp.float32), "masked_latents": masked,
              "context": jnp.asarray(context, jnp.float32)}
     if uncond_context is not None:
         batch["uncond_context"] = jnp.broadcast_to(jnp.asarray(uncond_context, jnp.float32),
                                                    batch["context"].shape)
     return batch
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "sample"))
+def _encode_pair(graphdef, state, images, masked, key, *, sample):
+    vae = nnx.merge(graphdef, state)
+    k1, k2 = jax.random.split(key)
+    return (encode_latents(vae, images, sample=sample, key=k1),
+            encode_latents(vae, masked, sample=sample, key=k2))
 
 
 def inpaint_loss(eps_fn, batch: dict, key, schedule: NoiseSchedule, *,
