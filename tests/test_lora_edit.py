@@ -19,13 +19,13 @@ from jaxvedit.adapters import load_adapter
 from jaxvedit.data.video import read_video, synthetic_frames, write_frames, write_video
 from jaxvedit.edit import main
 from jaxvedit.editing import Editor
-from jaxvedit.editing.lora_edit import keep_mask, lora_edit
+from jaxvedit.editing.lora_edit import LoRAEditOptions, keep_mask, lora_edit
 from jaxvedit.models.inpaint import inpainting_unet_from_text_unet
 from jaxvedit.models.tiny import make_tiny_model
 from jaxvedit.models.unet import UNet2DConditionModel
 from jaxvedit.training.inpaint import (inpaint_loss, make_inpaint_batch, make_inpaint_finetune_step,
                                        random_mask, random_masks)
-from jaxvedit.training.lora_edit import appearance_schedule, video_clip_indices
+from jaxvedit.training.lora_edit import LoRAEditTrainConfig, appearance_schedule, video_clip_indices
 
 T, SIZE = 6, 64
 
@@ -84,6 +84,13 @@ def test_keep_mask_conventions_and_training_schedules():
     assert video_clip_indices(4, 8, rng) == [0, 1, 2, 3]
     sched = appearance_schedule(2, 19, 9, rng)  # one epoch: video once, each frame 9 times
     assert sorted(sched) == sorted([-1] + [0] * 9 + [1] * 9)
+    o = LoRAEditOptions.from_kwargs(steps=3, train_steps=5, rank=8, seed=2, cross_frame=False)
+    assert (o.steps, o.seed, o.cross_frame) == (3, 2, False)
+    assert (o.train.train_steps, o.train.rank, o.train.seed, o.train.cross_frame) == (5, 8, 2, False)
+    t = LoRAEditTrainConfig(rank=4)
+    o = LoRAEditOptions.from_kwargs(seed=9, train=t)
+    assert o.seed == 9 and o.train is not t and o.train == t  # an explicit train config is kept
+    assert t.lora_config().alpha == 4.0 and t.lora_config().tau is None  # alpha = rank, ungated
 
 
 #: the smallest UNet of the supported block types (one level): a cheap compile

@@ -45,7 +45,9 @@ class EditConfig:
                             "with unet/ vae/ text_encoder/ tokenizer/ (default: the demo's tiny "
                             "model)", "model")
     adapter: str | None = opt(None, "trained adapter folder (<run>/adapter with lora/ and/or "
-                              "prompt_tokens/, or one of them); none: the plain model", "model")
+                              "prompt_tokens/, or one of them); none: the plain model; with "
+                              "--method lora-edit: a LoRA saved by --lora-edit-save (no training)",
+                              "model")
     vision_model: str | None = opt(None, "CLIP vision tower for the prompt tokens (default: the "
                                    "model folder's image_encoder/)", "model")
     lora_tau: float = opt(0.9, "LoRA timestep gate at inference: the LoRA acts for t >= tau * 1000 "

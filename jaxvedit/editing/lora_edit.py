@@ -63,23 +63,24 @@ class LoRAEditOptions:
 
     @classmethod
     def from_kwargs(cls, **options) -> "LoRAEditOptions":
-        """Flat keyword options: inference fields, ``train=LoRAEditTrainConfig(...)`` or any
-        training field (``rank=8``, ``learning_rate=...``); unknown names are an error."""
-        own = {f.name for f in dataclasses.fields(cls)}
+        """Flat keyword options: the inference fields, ``train=LoRAEditTrainConfig(...)``, or any
+        training field (``train_steps=20``, ``rank=8``, ...). ``seed`` and ``cross_frame`` set
+        both inference and training unless ``train`` is given; unknown names are an error."""
+        own = {f.name for f in dataclasses.fields(cls)} - {"train"}
         train_names = {f.name for f in dataclasses.fields(LoRAEditTrainConfig)}
-        train = dict(dataclasses.asdict(options.pop("train", LoRAEditTrainConfig())))
+        given = options.pop("train", None)
+        train = dataclasses.asdict(given if given is not None else LoRAEditTrainConfig())
         mine = {}
         for k, v in options.items():
             if k in own:
                 mine[k] = v
+                if k in train_names and given is None:
+                    train[k] = v
             elif k in train_names:
                 train[k] = v
             else:
-                raise ValueError(f"unknown LoRA-Edit option {k!r} (inference: {sorted(own - {'train'})}; "
+                raise ValueError(f"unknown LoRA-Edit option {k!r} (inference: {sorted(own)}; "
                                  f"training: {sorted(train_names)})")
-        if "cross_frame" in mine and "cross_frame" not in options.get("train", {}):
-            train.setdefault("cross_frame", mine["cross_frame"])
-        train["targets"] = tuple(train["targets"]) if isinstance(train["targets"], list) else train["targets"]
         return cls(**mine, train=LoRAEditTrainConfig(**train))
 
 
@@ -211,8 +212,8 @@ def lora_edit(editor, frames, source_prompt: str, prompt: str, *, mask, edited_f
         edited_first_frame: ``(H, W, 3)`` uint8.
         edited_frames: ``{frame index (1..T-1): (H, W, 3) uint8}`` for the appearance stage.
         lora: an already trained LoRA (training is skipped).
-        options: :class:`LoRAEditOptions` fields and training fields
-            (:class:`~jaxvedit.training.lora_edit.LoRAEditTrainConfig`).
+        options: :class:`LoRAEditOptions` fields (``steps``: DDIM steps) and training fields
+            (:class:`~jaxvedit.training.lora_edit.LoRAEditTrainConfig`: ``train_steps``, ``rank``...).
     """
     from jaxvedit.data.video import to_model_range
     from jaxvedit.editing.pipeline import chunk_indices
@@ -402,7 +403,7 @@ def edit_video_lora_edit(cfg) -> dict:
                     steps=cfg.steps, guidance_scale=cfg.guidance_scale, eta=cfg.eta, seed=cfg.seed,
                     cross_frame=cfg.lora_edit_cross_frame, blend=cfg.lora_edit_blend,
                     train=LoRAEditTrainConfig(
-                        steps=cfg.lora_edit_steps, appearance_steps=cfg.lora_edit_appearance_steps,
+                        train_steps=cfg.lora_edit_steps, appearance_steps=cfg.lora_edit_appearance_steps,
                         rank=cfg.lora_edit_rank, learning_rate=cfg.lora_edit_lr,
                         clip_frames=cfg.batch_frames, cross_frame=cfg.lora_edit_cross_frame,
                         seed=cfg.seed))

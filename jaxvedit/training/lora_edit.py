@@ -41,7 +41,6 @@ from jaxvedit.adapters.lora import LoRA, LoRAConfig, LoRAUNet
 from jaxvedit.adapters.params import LoRAParam
 from jaxvedit.adapters.train import adapter_optimizer, init_adapter_training, make_adapter_train_step
 from jaxvedit.diffusion.schedules import NoiseSchedule
-from jaxvedit.editing.cross_frame import cross_frame_attention
 from jaxvedit.models.inpaint import check_inpainting_unet
 from jaxvedit.training.inpaint import inpaint_loss
 
@@ -53,7 +52,7 @@ __all__ = ["LoRAEditTrainConfig", "LoRAEditData", "train_lora_edit", "video_clip
 class LoRAEditTrainConfig:
     """Per-video mask-aware LoRA training (defaults: paper 003 §4.1 and the authors' code)."""
 
-    steps: int = 100  # paper: 100 steps on the input video; code: 100 epochs of its one sample
+    train_steps: int = 100  # paper: 100 steps on the input video; code: 100 epochs of its one sample
     appearance_steps: int = 100  # paper: another 100 steps when later frames are edited
     appearance_repeats: int = 9  # code: num_repeats 9 per edited frame, 1 for the video
     rank: int = 16  # code: rank = 16
@@ -71,7 +70,7 @@ class LoRAEditTrainConfig:
     seed: int = 0
 
     def __post_init__(self):
-        for name in ("steps", "appearance_steps", "appearance_repeats", "warmup_steps"):
+        for name in ("train_steps", "appearance_steps", "appearance_repeats", "warmup_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"LoRA-Edit {name}={getattr(self, name)} must be >= 0")
         if self.rank < 1:
@@ -145,6 +144,9 @@ def appearance_schedule(n_edited: int, steps: int, repeats: int, rng: np.random.
 
 
 def _loss_fn(schedule: NoiseSchedule, cross_frame: bool):
+    # imported here: jaxvedit.editing imports this module (jaxvedit.editing.lora_edit)
+    from jaxvedit.editing.cross_frame import cross_frame_attention
+
     def loss_fn(model: LoRAUNet, batch, key):
         f = batch["latents"].shape[0]
         group = f if cross_frame and f > 1 else 0
@@ -184,7 +186,7 @@ def train_lora_edit(unet, data: LoRAEditData, config: LoRAEditTrainConfig | None
     state = init_adapter_training(model, cfg.optimizer(), wrt=LoRAParam)
     step = make_adapter_train_step(_loss_fn(schedule, cfg.cross_frame), state)
     n = len(data.latents)
-    plan = [-1] * cfg.steps
+    plan = [-1] * cfg.train_steps
     n_app = len(data.appearance)
     app_plan = appearance_schedule(n_app, cfg.appearance_steps, cfg.appearance_repeats, rng) if n_app else []
     logs = {"losses": [], "appearance_losses": []}
@@ -210,11 +212,3 @@ def train_lora_edit(unet, data: LoRAEditData, config: LoRAEditTrainConfig | None
         bar.close()
     state.write_back(model)
     return lora, logs
-
-
-def config_from_options(options: dict) -> tuple[LoRAEditTrainConfig, dict]:
-    """Split keyword options into a :class:`LoRAEditTrainConfig` and the rest."""
-    names = {f.name for f in dataclasses.fields(LoRAEditTrainConfig)}
-    train = {k: v for k, v in options.items() if k in names}
-    rest = {k: v for k, v in options.items() if k not in names}
-    return LoRAEditTrainConfig(**train), rest
