@@ -127,8 +127,12 @@ def test_inpaint_finetune_step_learns_the_new_channels():
     losses = [float(state.step(step, batch, jax.random.key(7))[0]) for _ in range(4)]
     print("inpainting fine-tune losses (same batch and key):", [f"{x:.4f}" for x in losses])
     assert losses[-1] < losses[0]
+    text_w = np.asarray(text_unet.mid_block.resnets[0].conv1.kernel.value).copy()
     state.write_back(unet)
     assert np.abs(np.asarray(unet.conv_in.kernel.value)[:, :, 4:]).max() > 0  # the new channels learn
+    assert not np.array_equal(np.asarray(unet.mid_block.resnets[0].conv1.kernel.value), text_w)
+    np.testing.assert_array_equal(np.asarray(text_unet.mid_block.resnets[0].conv1.kernel.value),
+                                  text_w)  # the text-to-image UNet it was made from is untouched
     with pytest.raises(ValueError, match="uncond_context"):
         inpaint_loss(unet, {k: v for k, v in batch.items() if k != "uncond_context"},
                      jax.random.key(0), NoiseSchedule.sd15(), uncond_prob=0.5)

@@ -194,9 +194,13 @@ def read_edited_frames(folder) -> dict[int, np.ndarray]:
 
 
 def _encode(editor, images_m11: np.ndarray) -> np.ndarray:
-    from jaxvedit.editing.pipeline import _batched
+    """VAE posterior means (scaled), through the editor's compiled encoder, in its batch size."""
+    from jaxvedit.editing.pipeline import _batched, _jit_method
 
-    return _batched(editor._encode, np.asarray(images_m11, np.float32), editor.batch_frames)
+    fn = getattr(editor, "_encode", None)
+    if fn is None:
+        fn = _jit_method(editor.vae, lambda m, x: m.encode_to_latents(x))
+    return _batched(fn, np.asarray(images_m11, np.float32), editor.batch_frames)
 
 
 def lora_edit(editor, frames, source_prompt: str, prompt: str, *, mask, edited_first_frame,
@@ -205,9 +209,9 @@ def lora_edit(editor, frames, source_prompt: str, prompt: str, *, mask, edited_f
     """Edit ``frames (T, H, W, 3) uint8`` (at the working resolution) with LoRA-Edit.
 
     Args:
-        editor: a :class:`jaxvedit.editing.Editor` (or anything with its ``unet``, ``schedule``,
-            ``text_embeddings``, ``_encode``, ``decode_latents``, ``batch_frames``) whose UNet is
-            an inpainting UNet.
+        editor: a :class:`jaxvedit.editing.Editor` (or anything with its ``unet``, ``vae``,
+            ``schedule``, ``text_embeddings(prompts)``, ``decode_latents(latents)`` and
+            ``batch_frames``) whose UNet is an inpainting UNet.
         mask: ``(T, H, W)`` (or with 1 / 3 channels) ``M_condition``, see :func:`keep_mask`.
         edited_first_frame: ``(H, W, 3)`` uint8.
         edited_frames: ``{frame index (1..T-1): (H, W, 3) uint8}`` for the appearance stage.

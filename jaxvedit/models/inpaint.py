@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
@@ -61,8 +62,8 @@ def inpainting_input(latents, mask, masked_image_latents):
 def inpainting_unet_from_text_unet(unet: UNet2DConditionModel) -> UNet2DConditionModel:
     """A new inpainting UNet from a text-to-image ``unet`` (``in_channels == out_channels``).
 
-    Every weight is shared with ``unet`` (the same arrays, no copy) except ``conv_in.kernel``,
-    which gains ``out_channels + 1`` zero input channels after the original ones (mask, then
+    Every weight array is shared with ``unet`` (no copy; the variables are the new model's own,
+    so updating either model leaves the other unchanged) except ``conv_in.kernel``, which gains ``out_channels + 1`` zero input channels after the original ones (mask, then
     masked-image latents): the result computes exactly the text-to-image UNet on the first
     ``out_channels`` input channels, whatever the mask and masked-image inputs are, until it is
     fine-tuned. ``unet`` itself is left unchanged.
@@ -73,7 +74,9 @@ def inpainting_unet_from_text_unet(unet: UNet2DConditionModel) -> UNet2DConditio
         raise ValueError(f"inpainting_unet_from_text_unet needs a text-to-image UNet (in_channels == "
                          f"out_channels == {c}), got in_channels={cfg.in_channels}")
     graphdef, state = nnx.split(unet)
-    new = nnx.merge(graphdef, state)  # a new module graph over the same arrays
+    # new Variable objects over the same (immutable) arrays: updating one model's weights
+    # (fine-tuning) leaves the other's alone
+    new = nnx.merge(graphdef, jax.tree.map(lambda x: x, state))
     old = unet.conv_in
     k = old.kernel.value  # (kh, kw, in, out)
     conv = nnx.Conv(2 * c + 1, k.shape[-1], kernel_size=k.shape[:2], strides=old.strides,

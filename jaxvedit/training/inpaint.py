@@ -174,11 +174,16 @@ def make_inpaint_finetune_step(unet, tx: optax.GradientTransformation | None = N
     inpainting UNet with :func:`inpaint_loss`; ``state.step(step, batch, key) -> (loss, aux)``,
     ``state.write_back(unet)`` at the end. ``tx`` default: AdamW lr 1e-4, weight decay 1e-2,
     no warm-up, clipping 1.0 (the SD1 model cards train at 1e-4 after a 10k-step warm-up:
-    pass ``adapter_optimizer(1e-4, warmup_steps=10_000)`` for that)."""
+    pass ``adapter_optimizer(1e-4, warmup_steps=10_000)`` for that). The trained weights are
+    copies (the donated step would otherwise consume arrays ``unet`` shares with the
+    text-to-image UNet it was made from); ``state.write_back(unet)`` puts them in ``unet``."""
     check_inpainting_unet(unet, "inpainting fine-tuning")
     schedule = schedule if schedule is not None else NoiseSchedule.sd15()
     tx = tx if tx is not None else adapter_optimizer(1e-4, warmup_steps=0)
     state = init_adapter_training(unet, tx, wrt=wrt)
+    # the step donates the trained arrays: train on copies, so that arrays shared with another
+    # model (inpainting_unet_from_text_unet shares all but conv_in) stay valid
+    state.params = jax.tree.map(jnp.array, state.params)
 
     def loss_fn(model, batch, key):
         return inpaint_loss(model, batch, key, schedule, uncond_prob=uncond_prob)
