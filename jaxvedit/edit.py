@@ -37,8 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     outs = ", ".join(f"{k} {v}" for k, v in summary["outputs"].items())
     print(f"\nwrote: {outs} ({summary['frames']} frames at {summary['fps']:g} fps)", file=sys.stderr)
     if summary["demo"]:
+        hint = REAL_WEIGHTS_HINT
+        if summary.get("method") == "lora-edit":
+            from jaxvedit.editing.lora_edit import REAL_WEIGHTS_HINT as hint
         print("\nThat was the embedded demo (tiny random model, generated clip: the output is noise "
-              "by design).\n" + REAL_WEIGHTS_HINT, file=sys.stderr)
+              "by design).\n" + hint, file=sys.stderr)
     return 0
 
 

@@ -331,6 +331,10 @@ def edit_video(cfg: EditConfig) -> dict:
     """Run one edit as configured; returns a summary (paths, frame count, fps, timings)."""
     from jaxvedit.data.video import write_frames, write_gif, write_video
 
+    if cfg.method == "lora-edit":
+        from jaxvedit.editing.lora_edit import edit_video_lora_edit
+
+        return edit_video_lora_edit(cfg)
     demo = cfg.is_demo
     if demo:
         cfg = prepare_demo(cfg)
