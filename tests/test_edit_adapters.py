@@ -1,6 +1,6 @@
 """Adapters in the edit pipeline: a merged LoRA never leaks into a variant that asks for no
 adapter; self-describing adapter files (vision tower, LoRA targets, gate) used by ``edit`` and a
-mismatch refused by name; the README's train-then-edit flow on the tiny model."""
+mismatch refused by name; the README's train-then-edit flow on the world model."""
 
 from __future__ import annotations
 
@@ -90,12 +90,12 @@ def _run_module(argv: list[str]) -> int:
 
 @pytest.fixture(scope="module")
 def readme_run(tmp_path_factory):
-    """The README's tiny-model train-then-edit commands, run as written (no --vision-model on
+    """The README's world-model train-then-edit commands, run as written (no --vision-model on
     the edit), in a fresh folder."""
     import os
 
     root = tmp_path_factory.mktemp("readme")
-    commands = _readme_commands("<!-- train-then-edit: tiny -->")
+    commands = _readme_commands("<!-- train-then-edit: world -->")
     assert [c[2] for c in commands] == ["jaxvedit.train", "jaxvedit.edit"]
     assert "--vision-model" not in commands[1]
     cwd = os.getcwd()
@@ -107,21 +107,22 @@ def readme_run(tmp_path_factory):
     return root, commands, codes
 
 
-def test_readme_train_then_edit_on_the_tiny_model(readme_run):
+def test_readme_train_then_edit_on_the_world_model(readme_run):
     import json
 
     from jaxvedit.data.video import probe_video
+    from jaxvedit.world.models import world_model_path
 
     root, commands, codes = readme_run
     assert codes == [0, 0]
     out = root / commands[1][commands[1].index("--out") + 1]
-    assert probe_video(out).num_frames == 8
+    assert probe_video(out).num_frames == 16
     adapter = root / commands[1][commands[1].index("--adapter") + 1]
     tokens = json.loads((adapter / "prompt_tokens" / "adapter_config.json").read_text())
     lora = json.loads((adapter / "lora" / "adapter_config.json").read_text())
     rec = tokens["vision_tower"]
     assert tokens["version"] == 2 and tokens["unshared"] is True
-    assert rec["source"] == str((root / "runs" / "tiny" / "tiny-model").resolve())
+    assert rec["source"] == str(world_model_path().resolve())
     assert rec["subfolder"] == "image_encoder" and len(rec["config_sha256"]) == 16
     assert lora["gate"] == {"tau": 0.5, "num_train_timesteps": 1000}
     # the README trains on the presets' union with a module-path pattern

@@ -150,10 +150,12 @@ class EditConfig:
         return self.video is None and self.model is None
 
 
-# the embedded demo: applied to options the user did not set, when neither --video nor --model is
+# the sample clip of the --method lora-edit demo (a tiny random inpainting model: no world one yet)
 DEMO_SAMPLE = dict(frames=8, size=64, fps=8, seed=0, color="red", shape="square", direction="right")
+# the embedded demo: applied to options the user did not set, when neither --video nor --model is:
+# the shipped world model turns a red circle into a blue one (jaxvedit.world.demo)
 DEMO_OVERRIDES = dict(
-    prompt="a blue square moving right", source_prompt="a red square moving right",
-    resolution=64, steps=20,
-    batch_frames=4, cross_frame=True,
+    prompt="a blue circle moves right steadily over a striped background",
+    source_prompt="a red circle moves right steadily over a striped background",
+    resolution=128, steps=50, batch_frames=16,
 )

@@ -331,6 +331,7 @@ def prepare_lora_edit_demo(cfg):
          f"{root / 'mask'} (white = keep), edited first frame {root / 'edited-first-frame.png'}")
     return dataclasses.replace(cfg, model=str(model_dir), video=str(video), mask=str(root / "mask"),
                                mask_mode="keep", edited_first_frame=str(root / "edited-first-frame.png"),
+                               resolution=DEMO_SAMPLE["size"],
                                out=cfg.out or str(root / "edited.mp4"),
                                gif=cfg.gif or str(root / "edited.gif"))
 

@@ -27,7 +27,7 @@ from jaxvedit.adapters import LoRAModel, merged_lora
 from jaxvedit.diffusion import BilateralFilterConfig, ddim_invert, ddim_sample, default_feature_paths
 from jaxvedit.diffusion.schedules import NoiseSchedule
 from jaxvedit.editing.adapters import find_adapter_parts, load_edit_adapters  # noqa: F401
-from jaxvedit.editing.config import DEMO_SAMPLE, EditConfig
+from jaxvedit.editing.config import EditConfig
 from jaxvedit.editing.predictor import EditPredictor
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov")
@@ -300,20 +300,18 @@ class Editor:
 
 
 def prepare_demo(cfg: EditConfig) -> EditConfig:
-    """Generate the tiny model and the sample clip of the embedded demo (once), and point the
-    config's model / video / outputs at them."""
-    from jaxvedit.data.video import make_sample_video
-    from jaxvedit.models.tiny import make_tiny_model
+    """The embedded demo: the shipped world model and a rendered world clip (a red circle moving
+    right over a striped background, :mod:`jaxvedit.world.demo`); points the config's model,
+    video and outputs at them."""
+    from jaxvedit.world.demo import write_demo_video
+    from jaxvedit.world.models import world_model_path
 
     root = Path(cfg.output_dir)
     root.mkdir(parents=True, exist_ok=True)
-    model_dir, video = root / "tiny-model", root / "sample.mp4"
-    if not (model_dir / "unet" / "config.json").is_file():
-        make_tiny_model(model_dir)
-    if not video.is_file():
-        make_sample_video(video, **DEMO_SAMPLE)
-    _log(f"demo: tiny random model in {model_dir}, generated sample clip {video}")
-    return dataclasses.replace(cfg, model=str(model_dir), video=str(video),
+    video = write_demo_video(root / "source.mp4")
+    model = world_model_path()
+    _log(f"demo: the world model {model}, the rendered clip {video}")
+    return dataclasses.replace(cfg, model=str(model), video=str(video),
                                out=cfg.out or str(root / "edited.mp4"),
                                gif=cfg.gif or str(root / "edited.gif"))
 

@@ -105,9 +105,11 @@ class TrainConfig:
             raise ValueError(f"text_dropout={self.text_dropout} must be in [0, 1]")
 
 
-# the embedded demo: applied to options the user did not set, when neither --model nor --data is
+# the embedded demo: applied to options the user did not set, when neither --model nor --data is:
+# the shipped world model on 12 rendered world videos (jaxvedit.world.demo)
 DEMO_OVERRIDES = dict(
-    output_dir="runs/demo", resolution=64, frames=4, steps=30, accumulate=2, learning_rate=1e-3,
-    warmup_steps=3, n_shared_tokens=4, pooling="stride:2", dtype="float32", checkpoint_every=10,
-    feature_taps=("up_blocks.1.attentions.*.transformer_blocks.0.attn1",), max_frames=8,
+    output_dir="runs/demo", resolution=128, frames=4, steps=30, accumulate=1, learning_rate=1e-4,
+    warmup_steps=5, dtype="float32", checkpoint_every=10, max_frames=16,
+    feature_taps=("up_blocks.1.attentions.*.transformer_blocks.0.attn1",
+                  "up_blocks.2.attentions.*.transformer_blocks.0.attn1"),
 )

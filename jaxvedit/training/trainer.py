@@ -27,7 +27,6 @@ from jaxvedit.adapters import (PRESETS, LoRAConfig, PromptTokenConfig, PromptTok
                                make_adapter_train_step, save_adapter)
 from jaxvedit.cli import config_to_dict
 from jaxvedit.data.dataset import ClipDataset, Encoders
-from jaxvedit.data.video import make_sample_dataset
 from jaxvedit.diffusion.ddim import add_noise
 from jaxvedit.diffusion.schedules import NoiseSchedule
 from jaxvedit.losses.total import LossConfig, total_loss
@@ -54,18 +53,14 @@ def _log(msg: str) -> None:
 
 
 def prepare_demo(cfg: TrainConfig) -> TrainConfig:
-    """Generate the tiny model and the sample dataset of the embedded demo (once)."""
-    from jaxvedit.models.tiny import make_tiny_model
+    """The embedded demo: the shipped world model and 12 rendered world videos (once)."""
+    from jaxvedit.world.demo import write_demo_dataset
+    from jaxvedit.world.models import world_model_path
 
-    root = Path(cfg.output_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    model_dir, data_dir = root / "tiny-model", root / "sample-data"
-    if not (model_dir / "unet" / "config.json").is_file():
-        make_tiny_model(model_dir)
-    if not (data_dir / "captions.jsonl").is_file():
-        make_sample_dataset(data_dir, n_videos=3, frames=8, size=cfg.resolution)
-    _log(f"demo: tiny random model in {model_dir}, generated sample clips in {data_dir}")
-    return dataclasses.replace(cfg, model=str(model_dir), data=str(data_dir))
+    data_dir = write_demo_dataset(Path(cfg.output_dir) / "world-data")
+    model = world_model_path()
+    _log(f"demo: the world model {model}, rendered world videos in {data_dir}")
+    return dataclasses.replace(cfg, model=str(model), data=str(data_dir))
 
 
 def _fingerprint(source: str, extra: dict) -> str:

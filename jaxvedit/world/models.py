@@ -146,6 +146,17 @@ def write_pipeline(folder: str | os.PathLike, *, unet, unet_cfg, vae, vae_cfg, t
     return root
 
 
+MODEL_ALIASES = ("world", WORLD_VERSION)
+
+
+def expand_model_alias(model: str | None) -> str | None:
+    """``"world"`` (or ``"world-v1"``) -> the shipped world pipeline's folder, when no local path
+    of that name exists; anything else unchanged."""
+    if model in MODEL_ALIASES and not Path(model).exists():
+        return str(world_model_path())
+    return model
+
+
 def world_model_path(version: str = WORLD_VERSION) -> Path:
     """The shipped world pipeline inside the installed package."""
     path = Path(__file__).parent / "pretrained" / version
