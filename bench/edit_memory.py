@@ -1,4 +1,4 @@
-"""Peak memory and seconds per frame of an edit vs the number of frames, for ``--method plain``
+"""Peak memory and seconds per frame of an edit vs the number of frames, for ``--method ddim``
 and ``--method tokenflow`` (issue 19: memory must not grow with the frame count beyond the
 latents).
 
@@ -176,7 +176,7 @@ def main(argv=None) -> int:
     p.add_argument("--frames", type=int, nargs="+", default=[16, 64, 200])
     p.add_argument("--size", default=None, help="WxH (default 512x512; --tiny: 128x128)")
     p.add_argument("--steps", type=int, default=2)
-    p.add_argument("--methods", nargs="+", default=["plain", "tokenflow"], choices=["plain", "tokenflow"])
+    p.add_argument("--methods", nargs="+", default=["ddim", "tokenflow"], choices=["ddim", "tokenflow"])
     p.add_argument("--dtype", default=None, help="bfloat16 / float32 (default: bfloat16 on GPU)")
     p.add_argument("--batch-frames", type=int, default=8)
     p.add_argument("--tokenflow-batch", type=int, default=8)

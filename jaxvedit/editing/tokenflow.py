@@ -38,6 +38,7 @@ device one group at a time).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import sys
@@ -356,6 +357,7 @@ def tokenflow_edit(editor, frames: np.ndarray, source_prompt: str, prompt: str, 
     """
     from tqdm.auto import tqdm
 
+    from jaxvedit.adapters import merged_lora
     from jaxvedit.editing.pipeline import EditResult, chunk_indices
     from jaxvedit.editing.predictor import EditPredictor
 
@@ -375,11 +377,13 @@ def tokenflow_edit(editor, frames: np.ndarray, source_prompt: str, prompt: str, 
     flt = filter if filter is not None else BilateralFilterConfig.none()
     if flt.mode == "features" and flt.feature_paths is None:
         flt = dataclasses.replace(flt, feature_paths=default_feature_paths(editor.unet))
-    use_lora = use_adapter and editor.lora is not None and not editor.lora.merged_ratio
+    use_lora = use_adapter and editor.lora is not None
+    merge = use_lora and getattr(editor, "lora_merge", False)  # merged for the sampling only
     groups, g = keyframe_groups(t_frames, batch_size, keyframe_group)
     inv_chunks = chunk_indices(t_frames, min(editor.batch_frames, t_frames), carry_first=False)
     bar = tqdm(total=len(inv_chunks) + steps * groups, desc="tokenflow", unit="pass",
                disable=not progress, dynamic_ncols=True, file=sys.stderr)
+    stack = contextlib.ExitStack()
     try:
         # 1. inversion, keeping the latents of every step (on the host)
         t1 = time.perf_counter()
@@ -403,9 +407,12 @@ def tokenflow_edit(editor, frames: np.ndarray, source_prompt: str, prompt: str, 
         t2 = time.perf_counter()
         cfg = float(guidance_scale) != 1.0
         prompts = [source_prompt] + ([negative_prompt] if cfg else []) + [prompt]
-        ctxs = editor.contexts(frames, prompts, use_tokens=use_adapter)
-        pred = EditPredictor(editor.unet, editor.lora if use_lora else None, lora_tau=lora_tau,
-                             lora_ratio=lora_ratio)
+        ctxs = editor.contexts(frames, prompts, use_adapter, lora_ratio if use_adapter else None)
+        pred = EditPredictor(editor.unet, editor.lora if use_lora and not merge else None,
+                             lora_tau=lora_tau, lora_ratio=lora_ratio,
+                             dape=getattr(editor, "dape", None) if use_adapter else None)
+        if merge:  # ungated, at this edit's ratio; the exact base kernels come back in finally
+            stack.enter_context(merged_lora(editor.unet, editor.lora, ratio=lora_ratio))
         rng = np.random.default_rng(seed)
         x = traj[steps].copy()  # x_T
         step_s = []
@@ -421,6 +428,7 @@ def tokenflow_edit(editor, frames: np.ndarray, source_prompt: str, prompt: str, 
             step_s.append(time.perf_counter() - ts0)
         t_samp = time.perf_counter() - t2
     finally:
+        stack.close()
         bar.close()
     t3 = time.perf_counter()
     edited = editor.decode_latents(x)

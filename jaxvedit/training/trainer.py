@@ -22,12 +22,11 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from jaxvedit.adapters import (LoRAConfig, PromptTokenConfig, PromptTokens, adapter_optimizer,
+from jaxvedit.adapters import (PRESETS, LoRAConfig, PromptTokenConfig, PromptTokens, adapter_optimizer,
                                apply_lora, drop_text_condition, init_adapter_training,
                                make_adapter_train_step, save_adapter)
 from jaxvedit.cli import config_to_dict
 from jaxvedit.data.dataset import ClipDataset, Encoders
-from jaxvedit.data.video import make_sample_dataset
 from jaxvedit.diffusion.ddim import add_noise
 from jaxvedit.diffusion.schedules import NoiseSchedule
 from jaxvedit.losses.total import LossConfig, total_loss
@@ -54,18 +53,14 @@ def _log(msg: str) -> None:
 
 
 def prepare_demo(cfg: TrainConfig) -> TrainConfig:
-    """Generate the tiny model and the sample dataset of the embedded demo (once)."""
-    from jaxvedit.models.tiny import make_tiny_model
+    """The embedded demo: the shipped world model and 12 rendered world videos (once)."""
+    from jaxvedit.world.demo import write_demo_dataset
+    from jaxvedit.world.models import world_model_path
 
-    root = Path(cfg.output_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    model_dir, data_dir = root / "tiny-model", root / "sample-data"
-    if not (model_dir / "unet" / "config.json").is_file():
-        make_tiny_model(model_dir)
-    if not (data_dir / "captions.jsonl").is_file():
-        make_sample_dataset(data_dir, n_videos=3, frames=8, size=cfg.resolution)
-    _log(f"demo: tiny random model in {model_dir}, generated sample clips in {data_dir}")
-    return dataclasses.replace(cfg, model=str(model_dir), data=str(data_dir))
+    data_dir = write_demo_dataset(Path(cfg.output_dir) / "world-data")
+    model = world_model_path()
+    _log(f"demo: the world model {model}, rendered world videos in {data_dir}")
+    return dataclasses.replace(cfg, model=str(model), data=str(data_dir))
 
 
 def _fingerprint(source: str, extra: dict) -> str:
@@ -78,11 +73,12 @@ def _fingerprint(source: str, extra: dict) -> str:
     return hashlib.sha1(json.dumps([ident, extra], sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _vision_source(cfg: TrainConfig) -> tuple[str, str | None]:
+def _vision_source(cfg: TrainConfig, model_path: Path | None = None) -> tuple[str, str | None]:
     if cfg.vision_model:
         return cfg.vision_model, None
-    if cfg.model and (Path(cfg.model) / "image_encoder" / "config.json").is_file():
-        return cfg.model, "image_encoder"
+    root = model_path if model_path is not None else (Path(cfg.model) if cfg.model else None)
+    if root is not None and (root / "image_encoder" / "config.json").is_file():
+        return str(root), "image_encoder"
     return "openai/clip-vit-base-patch32", None
 
 
@@ -93,27 +89,38 @@ class Components:
         from jaxvedit.models import load_components
         from jaxvedit.models.clip import CLIPVisionModel, load_tokenizer
 
+        from jaxvedit.adapters.records import vision_tower_record
+        from jaxvedit.models.loading import resolve_source
+
         dtype = jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32
-        model_path = Path(cfg.model)
-        comps = load_components(cfg.model, ("unet", "vae", "text_encoder"), dtype=dtype)
+        kind, model_path = resolve_source(cfg.model, ("unet", "vae", "text_encoder", "tokenizer",
+                                                      "scheduler", "image_encoder"))
+        comps = load_components(model_path, ("unet", "vae", "text_encoder"), dtype=dtype)
         self.vae, self.text_encoder = comps["vae"], comps["text_encoder"]
-        tok_root = model_path if model_path.is_dir() else None
+        tok_root = model_path if kind == "folder" else None
         if tok_root is None or not (tok_root / "tokenizer").is_dir():
             raise FileNotFoundError(f"--model {cfg.model}: no tokenizer/ folder (a single-file "
                                     "checkpoint carries none: use a diffusers folder)")
         self.tokenizer = load_tokenizer(tok_root)
-        self.vision = None
+        self.vision = self.vision_record = None
         if cfg.unshared_tokens:
-            src, sub = _vision_source(cfg)
+            src, sub = _vision_source(cfg, model_path)
             self.vision = CLIPVisionModel.from_pretrained(src, subfolder=sub)
+            # the adapter file records the tower (source + fingerprints): edit finds and checks it
+            self.vision_record = vision_tower_record(self.vision, src, sub)
         sched_file = model_path / "scheduler" / "scheduler_config.json"
         self.schedule = NoiseSchedule.from_config(sched_file) if sched_file.is_file() else NoiseSchedule.sd15()
         unet = comps["unet"]
         ctx_dim = unet.config.cross_attention_dim
         ctx_dim = ctx_dim if isinstance(ctx_dim, int) else ctx_dim[0]
         rngs = nnx.Rngs(cfg.seed)
-        lora_unet = apply_lora(unet, LoRAConfig(rank=cfg.lora_rank, alpha=cfg.lora_alpha,
-                                                targets=cfg.lora_targets, tau=cfg.tau), rngs=rngs)
+        targets = cfg.lora_targets
+        targets = targets[0] if len(targets) == 1 and targets[0] in PRESETS else tuple(targets)
+        try:
+            lora_unet = apply_lora(unet, LoRAConfig(rank=cfg.lora_rank, alpha=cfg.lora_alpha,
+                                                    targets=targets, tau=cfg.tau), rngs=rngs)
+        except KeyError as err:
+            raise ValueError(f"--lora-targets: {err.args[0]}") from err
         tokens = None
         if cfg.unshared_tokens or cfg.n_shared_tokens:
             vdim = self.vision.config.hidden_size if self.vision is not None else ctx_dim
@@ -121,7 +128,7 @@ class Components:
                                                     context_dim=ctx_dim, pooling=cfg.pooling,
                                                     text_dropout=cfg.text_dropout), rngs=rngs)
         self.model = AdapterModel(lora_unet, tokens)
-        self.fingerprint = _fingerprint(cfg.model, {"vision": list(_vision_source(cfg))
+        self.fingerprint = _fingerprint(cfg.model, {"vision": list(_vision_source(cfg, model_path))
                                                     if cfg.unshared_tokens else None})
         self._text_cache: dict[str, np.ndarray] = {}
         self._encode_text = jax.jit(lambda ids: self.text_encoder(ids).last_hidden_state)
@@ -340,10 +347,14 @@ def train(cfg: TrainConfig) -> dict:
     store.wait()
     state.write_back(comps.model)
     adapter_dir = out / "adapter"
+    base = {"base_model": {"source": str(Path(cfg.model).resolve()) if Path(cfg.model).exists()
+                           else cfg.model}}
     save_adapter(adapter_dir / "lora", comps.model.unet.lora,
-                 extra={"trained_steps": position // cfg.accumulate})
+                 extra={"trained_steps": position // cfg.accumulate}, record=base)
     if comps.model.tokens is not None:
-        save_adapter(adapter_dir / "prompt_tokens", comps.model.tokens)
+        save_adapter(adapter_dir / "prompt_tokens", comps.model.tokens,
+                     record={**base, "unshared": bool(cfg.unshared_tokens),
+                             "vision_tower": comps.vision_record})
     summary = {"output_dir": str(out), "steps": position // cfg.accumulate, "interrupted": interrupted,
                "adapter": str(adapter_dir), "metrics": str(out / "metrics.jsonl"),
                "loss_curve": str(out / "loss_curve.png"), "checkpoints": str(out / "checkpoints"),
