@@ -152,7 +152,7 @@ class Editor:
 
     def __init__(self, model: str, *, adapter: str | None = None, vision_model: str | None = None,
                  dtype: str = "float32", lora_merge: bool = False, lora_ratio: float = 0.5,
-                 batch_frames: int = 8):
+                 batch_frames: int = 8, controlnet: str | None = None):
         from jaxvedit.models import load_components
         from jaxvedit.models.clip import load_tokenizer
         from jaxvedit.models.loading import resolve_source
@@ -173,7 +173,13 @@ class Editor:
         self._encode = _jit_method(self.vae, lambda m, x: m.encode_to_latents(x))
         self._decode = _jit_method(self.vae, lambda m, z: m.decode_latents(z))
         self._text = _jit_method(self.text_encoder, lambda m, ids: m(ids).last_hidden_state)
-        self.lora = self.tokens = self.vision = None
+        self.lora = self.tokens = self.vision = self.controlnet = None
+        if controlnet is not None:  # jaxvedit.editing.controlnet
+            from jaxvedit.models.controlnet import check_controlnet_fits_unet
+            from jaxvedit.models.controlnet_io import load_controlnet
+
+            self.controlnet = load_controlnet(controlnet, dtype=jdtype)
+            check_controlnet_fits_unet(self.controlnet, self.unet)
         self.adapter_path = adapter
         if adapter is not None:
             self._load_adapter(adapter, vision_model)
@@ -253,8 +259,11 @@ class Editor:
              seed: int = 0, filter: BilateralFilterConfig | None = None, cross_frame: bool = False,
              use_adapter: bool = True, lora_tau: float = 0.9, lora_ratio: float = 0.5,
              reconstruct: bool = False, latents: np.ndarray | None = None,
-             progress: bool = True) -> EditResult:
-        """Edit ``frames (T, H, W, 3) uint8`` (already at the working resolution)."""
+             progress: bool = True, control=None, controlnet_scale: float = 1.0,
+             guess_mode: bool = False, control_start: float = 0.0, control_end: float = 1.0,
+             control_inversion: bool = True, use_controlnet: bool = True) -> EditResult:
+        """Edit ``frames (T, H, W, 3) uint8`` (already at the working resolution). With a
+        ControlNet, ``control`` holds one conditioning image (depth map) per frame."""
         from tqdm.auto import tqdm
 
         if not prompt or not prompt.strip():
@@ -269,6 +278,18 @@ class Editor:
         chunks = chunk_indices(n, bf, carry_first=cross_frame)
         pred = EditPredictor(self.unet, self.lora if use_lora else None, lora_tau=lora_tau,
                              lora_ratio=lora_ratio, cross_frame_group=bf if cross_frame else 0)
+        inv_pred, ctl = pred, None
+        if use_controlnet and (self.controlnet is not None or control is not None):
+            from jaxvedit.editing.controlnet import EditControl
+
+            if control is None:
+                raise ValueError("missing conditioning image: this editor has a ControlNet; give "
+                                 "control= (one depth map per frame)")
+            ctl = EditControl(self.controlnet, control, num_frames=n, frame_size=frames.shape[1:3],
+                              schedule=self.schedule, steps=steps, conditioning_scale=controlnet_scale,
+                              guess_mode=guess_mode, start=control_start, end=control_end,
+                              inversion=control_inversion)
+            inv_pred, pred = ctl.wrap(pred)
         flt = filter if filter is not None else BilateralFilterConfig.none()
         if flt.mode == "features" and flt.feature_paths is None:
             flt = dataclasses.replace(flt, feature_paths=default_feature_paths(self.unet))
@@ -286,8 +307,10 @@ class Editor:
             for ci, (idx, keep) in enumerate(chunks):
                 x = jnp.asarray(x0[idx])
                 cs, ct, cu = (jnp.asarray(per_frame(c, idx)) for c in (src, tgt, unc))
+                if ctl is not None:
+                    ctl.set_chunk(idx)
                 bar.set_postfix_str(f"chunk {ci + 1}/{len(chunks)}: invert", refresh=False)
-                inv = ddim_invert(pred, x, cs, self.schedule, num_inference_steps=steps,
+                inv = ddim_invert(inv_pred, x, cs, self.schedule, num_inference_steps=steps,
                                   guidance_scale=inv_g, uncond_context=cu if inv_g != 1 else None,
                                   filter=flt)
                 bar.update()
@@ -376,14 +399,21 @@ def edit_video(cfg: EditConfig) -> dict:
     frames, fps = load_source_frames(cfg)
     _log(f"source: {cfg.video}: {len(frames)} frames at {fps:g} fps, {cfg.resolution}x{cfg.resolution}")
     t0 = time.perf_counter()
+    from jaxvedit.editing.controlnet import source_depth
+
+    control = source_depth(cfg, frames)
     editor = Editor(cfg.model, adapter=cfg.adapter, vision_model=cfg.vision_model, dtype=cfg.dtype,
-                    lora_merge=cfg.lora_merge, lora_ratio=cfg.lora_ratio, batch_frames=cfg.batch_frames)
+                    lora_merge=cfg.lora_merge, lora_ratio=cfg.lora_ratio, batch_frames=cfg.batch_frames,
+                    controlnet=cfg.controlnet)
     t_load = time.perf_counter() - t0
     res = editor.edit(frames, prompt=cfg.prompt, source_prompt=cfg.source_prompt, steps=cfg.steps,
                       guidance_scale=cfg.guidance_scale, inversion_guidance=cfg.inversion_guidance,
                       eta=cfg.eta, seed=cfg.seed, filter=filter_config(cfg, editor.unet),
                       cross_frame=cfg.cross_frame, use_adapter=True, lora_tau=cfg.lora_tau,
-                      lora_ratio=cfg.lora_ratio, progress=cfg.progress)
+                      lora_ratio=cfg.lora_ratio, progress=cfg.progress, control=control,
+                      controlnet_scale=cfg.controlnet_scale, guess_mode=cfg.guess_mode,
+                      control_start=cfg.control_start, control_end=cfg.control_end,
+                      control_inversion=cfg.control_inversion)
     write_video(out, res.frames, fps)
     written = {"video": str(out)}
     if cfg.gif:
@@ -395,6 +425,7 @@ def edit_video(cfg: EditConfig) -> dict:
     return {"outputs": written, "frames": int(len(res.frames)), "fps": fps,
             "resolution": cfg.resolution, "steps": cfg.steps, "filter": cfg.filter,
             "cross_frame": cfg.cross_frame, "adapter": cfg.adapter,
+            "controlnet": cfg.controlnet, "depth": cfg.depth,
             "adapter_parts": sorted(k for k, v in (("lora", editor.lora), ("prompt_tokens", editor.tokens))
                                     if v is not None),
             "demo": demo, "timings": {"load_s": t_load, **res.timings}}
