@@ -258,9 +258,14 @@ def _depth_fn(cfg: TrainConfig):
     """``--depth auto``: depth maps computed (and cached with the latents) where none are given."""
     if cfg.depth != "auto":
         return None
-    from jaxvedit.models.depth import compute_depth
+    from jaxvedit.models.depth import _fingerprint, compute_depth
+    from jaxvedit.models.depth_anything import resolve_depth_folder
 
-    return lambda frames: compute_depth(frames, model=cfg.depth_model)
+    def depth_fn(frames):
+        return compute_depth(frames, model=cfg.depth_model)
+
+    depth_fn.fingerprint = _fingerprint(resolve_depth_folder(cfg.depth_model))  # in the cache key
+    return depth_fn
 
 
 def train(cfg: TrainConfig) -> dict:
