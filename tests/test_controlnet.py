@@ -34,23 +34,21 @@ def jit_call(model, *args, guess_mode=False, **kwargs):
     return model(*args, **kwargs)
 CA, D = "CrossAttnDownBlock2D", "DownBlock2D"
 TINY = {
-    # two levels, two layers, 2x conditioning embedding, plain scale / guess mode
+    # SD1.5-like: two levels, two layers, conv projections, a 2x conditioning embedding, a BGR
+    # condition; plain scale and guess mode
     "a": (dict(block_out_channels=(32, 64), layers_per_block=2, norm_num_groups=8,
                down_block_types=(CA, D), cross_attention_dim=32, attention_head_dim=4,
+               controlnet_conditioning_channel_order="bgr",
                conditioning_embedding_out_channels=(8, 16)), (4, 4), [(False, 1.0), (True, 0.7)]),
-    # three levels, per-block heads, linear projections, shifted sinusoids, one-channel condition
-    "b": (dict(block_out_channels=(16, 32, 48), layers_per_block=1, norm_num_groups=8,
-               down_block_types=(CA, CA, D), cross_attention_dim=24, attention_head_dim=(2, 4, 8),
-               use_linear_projection=True, flip_sin_to_cos=False, freq_shift=1,
-               conditioning_channels=1, conditioning_embedding_out_channels=(4, 8, 8, 16)),
-          (4, 4), [(True, 1.3)]),
-    # attention below the top level only, 2 transformer layers, num_attention_heads given,
-    # 3 latent channels, BGR condition, global pooling (shuffle ControlNets)
-    "c": (dict(block_out_channels=(16, 32), layers_per_block=2, norm_num_groups=4,
+    # everything else at once: attention below the top level only, 2 transformer layers,
+    # per-block num_attention_heads, linear projections, shifted sinusoids, 3 latent channels,
+    # odd latent size, a one-channel condition, global pooling (shuffle ControlNets)
+    "b": (dict(block_out_channels=(16, 32), layers_per_block=2, norm_num_groups=4,
                down_block_types=(D, CA), transformer_layers_per_block=2,
                num_attention_heads=(2, 4), cross_attention_dim=12, in_channels=3,
-               controlnet_conditioning_channel_order="bgr", global_pool_conditions=True,
-               conditioning_embedding_out_channels=(4, 8, 8)), (5, 6), [(False, 0.5)]),
+               use_linear_projection=True, flip_sin_to_cos=False, freq_shift=1,
+               conditioning_channels=1, global_pool_conditions=True,
+               conditioning_embedding_out_channels=(4, 8, 8)), (5, 6), [(False, 0.5), (True, 1.3)]),
 }
 
 
@@ -81,7 +79,7 @@ def _compare(ref, ours, latent_hw, cases, batch=2, ctx_len=7):
     return max(errs)
 
 
-@pytest.mark.parametrize("name", sorted(TINY))
+@pytest.mark.parametrize("name", ["b"])  # "a"'s features: the step test below
 def test_tiny_controlnet_residuals_match_diffusers(tmp_path, name):
     config, hw, cases = TINY[name]
     torch.manual_seed(0)
@@ -94,13 +92,15 @@ def test_tiny_controlnet_residuals_match_diffusers(tmp_path, name):
 
 
 def test_unet_with_controlnet_step_matches_diffusers(tmp_path):
-    """One denoising step: diffusers' UNet fed diffusers' residuals vs ours fed ours."""
+    """One denoising step: diffusers' UNet fed diffusers' residuals vs ours fed ours (an
+    SD1.5-shaped from_unet ControlNet with random weights, a BGR condition); the residuals too."""
     ucfg = dict(block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=8,
                 down_block_types=(CA, D), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
                 cross_attention_dim=32, attention_head_dim=4)
     torch.manual_seed(0)
     tu = randomize_(TorchUNet(**ucfg).eval(), 1)
-    tcn = randomize_(TorchControlNet.from_unet(tu, conditioning_embedding_out_channels=(8, 16)).eval(), 2)
+    tcn = randomize_(TorchControlNet.from_unet(tu, conditioning_embedding_out_channels=(8, 16),
+                                               controlnet_conditioning_channel_order="bgr").eval(), 2)
     tu.save_pretrained(tmp_path / "unet")
     tcn.save_pretrained(tmp_path / "cn")
     unet, cn = load_unet(tmp_path), load_controlnet(tmp_path / "cn")
@@ -117,15 +117,17 @@ def test_unet_with_controlnet_step_matches_diffusers(tmp_path):
     @jax.jit
     def step(cn_state, unet_state, xs, t, ctx, cs):
         down, mid = nnx.merge(cn_def, cn_state)(xs, t, ctx, cs, conditioning_scale=0.9)
-        return nnx.merge(unet_def, unet_state)(xs, t, ctx, down_block_additional_residuals=down,
-                                                mid_block_additional_residual=mid)
+        eps = nnx.merge(unet_def, unet_state)(xs, t, ctx, down_block_additional_residuals=down,
+                                               mid_block_additional_residual=mid)
+        return down, mid, eps
 
     (cn_def, cn_state), (unet_def, unet_state) = nnx.split(cn), nnx.split(unet)
-    eps = step(cn_state, unet_state, xs, jnp.asarray(t), jnp.asarray(ctx), cs)
+    down, mid, eps = step(cn_state, unet_state, xs, jnp.asarray(t), jnp.asarray(ctx), cs)
+    res_err = max([rel_err(nchw(a), b.numpy()) for a, b in zip(down, d)] + [rel_err(nchw(mid), m.numpy())])
     err = rel_err(nchw(eps), ref)
-    print(f"UNet + ControlNet step: max|diff|/std = {err:.3e} (residuals move eps by "
-          f"{rel_err(plain, ref):.3f} std)")
-    assert err <= TOL
+    print(f"ControlNet residuals (from_unet, BGR): {res_err:.3e}; UNet + ControlNet step: "
+          f"max|diff|/std = {err:.3e} (residuals move eps by {rel_err(plain, ref):.3f} std)")
+    assert res_err <= TOL and err <= TOL
     assert rel_err(plain, ref) > 100 * TOL  # the residuals matter: the comparison can fail
 
 
@@ -157,27 +159,27 @@ def test_from_unet_as_diffusers(tmp_path):
             bound = 1 / np.sqrt(np.prod(v.shape[1:]) if v.ndim == 4 else
                                 np.prod(sd[k.replace("bias", "weight")].shape[1:]))
             assert np.abs(v).max() <= bound + 1e-7 and np.abs(v).max() > 0.3 * bound, k
-    # a fresh ControlNet leaves the UNet unchanged
-    x = jnp.asarray(np.random.RandomState(0).randn(1, 8, 8, 4), jnp.float32)
-    ctx = jnp.ones((1, 5, 32))
-    down, mid = jit_call(ours, x, 10, ctx, jnp.full((1, 32, 32, 3), 0.5))
-    assert not any(np.asarray(d).any() for d in down) and not np.asarray(mid).any()
+    # (zero convolutions: a fresh ControlNet's residuals are zero, the UNet's output unchanged)
     # the copies are independent buffers (the ControlNet is trained with donated state)
     assert ours.conv_in.kernel.value is not unet.conv_in.kernel.value
     assert isinstance(ours.conv_in.kernel, ControlNetParam)
 
 
 def test_save_controlnet_loads_in_diffusers(tmp_path):
-    config, hw, cases = TINY["a"]
+    config = TINY["a"][0]
     ref = randomize_(TorchControlNet(**config).eval(), seed=5)
     ref.save_pretrained(tmp_path / "a")
     ours = load_controlnet(tmp_path / "a")
     save_controlnet(ours, tmp_path / "b")
     back = TorchControlNet.from_pretrained(tmp_path / "b").eval()
-    assert _compare(back, ours, hw, cases[:1]) <= TOL
-    again = load_controlnet(tmp_path / "b")
-    for k, v in module_to_torch_state_dict(again).items():
-        np.testing.assert_array_equal(v, module_to_torch_state_dict(ours)[k])
+    norm = lambda v: list(v) if isinstance(v, (list, tuple)) else v  # noqa: E731
+    diff = {k: (back.config[k], v) for k, v in ref.config.items()
+            if not k.startswith("_") and norm(back.config[k]) != norm(v)}
+    assert not diff, diff
+    sd_back, sd_ref = back.state_dict(), ref.state_dict()
+    assert set(sd_back) == set(sd_ref)
+    for k, v in sd_ref.items():
+        np.testing.assert_array_equal(sd_back[k].numpy(), v.numpy(), err_msg=k)
 
 
 def test_errors_are_named(tmp_path):
@@ -202,6 +204,8 @@ def test_errors_are_named(tmp_path):
 
     with pytest.raises(ValueError, match="needs a conditioning image"):
         trace(None)
+    with pytest.raises(ValueError, match=r"must be \(B, H, W, 3\)"):
+        trace(jnp.zeros((2, 8, 8, 1)))
     with pytest.raises(ValueError, match=r"conditioning image of size \(4, 4\) does not match latents"):
         trace(jnp.zeros((2, 4, 4, 3)))
     with pytest.raises(ValueError, match="3 conditioning images for a batch of 2"):

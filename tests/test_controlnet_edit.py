@@ -109,7 +109,7 @@ def test_controlnet_for_another_unet_is_refused(setup, tmp_path):
     save_file(random_torch_state_dict(lambda: ControlNetModel(cfg), 0),
               str(tmp_path / "diffusion_pytorch_model.safetensors"))
     with pytest.raises(ValueError, match="does not fit the UNet: block_out_channels"):
-        Editor(str(setup["model"]), controlnet=str(tmp_path))
+        Editor(str(setup["model"]), controlnet=str(tmp_path))  # refused before any edit
 
 
 def test_depth_folder_count_size_and_missing(setup, tmp_path, capsys):

@@ -87,55 +87,39 @@ def test_pipeline_loop_matches_diffusers(models, tmp_path):
     assert err <= TOL
 
 
-def test_guidance_batch_without_guess_mode(models):
-    """One guided predictor call: the ControlNet sees [uncond; cond] with the images twice,
-    as the pipeline's non-guess-mode branch."""
-    _, tu, tcn, unet, cn, d = models
-    x2 = np.concatenate([d["lat"]] * 2)
-    ctx2 = np.concatenate([d["unc"], d["ctx"]])
-    t = torch.tensor(501)
-    with torch.no_grad():
-        down, mid = tcn(torch.from_numpy(x2), t, torch.from_numpy(ctx2),
-                        torch.from_numpy(np.concatenate([d["img"]] * 2)), conditioning_scale=0.6,
-                        return_dict=False)
-        ref = tu(torch.from_numpy(x2), t, torch.from_numpy(ctx2), down_block_additional_residuals=down,
-                 mid_block_additional_residual=mid).sample.numpy()
-    pred = ControlNetPredictor(unet, cn, nhwc(d["img"]), conditioning_scale=0.6)
-    from flax import nnx
-    import jax
-
-    gd, st = nnx.split(pred)
-    out = jax.jit(lambda s, x, c: nnx.merge(gd, s)(x, jnp.int32(501), c))(st, jnp.asarray(nhwc(x2)),
-                                                                            jnp.asarray(ctx2))
-    assert rel_err(nchw(out), ref) <= TOL
-    with pytest.raises(ValueError, match="2 conditioning images for a batch of 3"):
-        jax.eval_shape(lambda s: nnx.merge(gd, s)(jnp.zeros((3, 8, 8, 4)), 1, jnp.zeros((3, 7, 32))), st)
-
-
-def test_inversion_with_controlnet_matches_diffusers_loop(models):
+def test_guided_inversion_with_controlnet_matches_diffusers_loop(models):
     """DDIM inversion where every step's eps comes from the UNet with ControlNet residuals
-    (the authors' pipeline), against diffusers' DDIMInverseScheduler driving its modules."""
+    (the authors' pipeline), with classifier-free guidance outside guess mode (the ControlNet
+    sees [uncond; cond] with the images twice, as the pipeline's default branch), against
+    diffusers' DDIMInverseScheduler driving diffusers' modules."""
+    import jax
+    from flax import nnx
+
     _, tu, tcn, unet, cn, d = models
-    steps = 4
+    steps, g, scale = 4, 2.0, 0.9
     inv = DDIMInverseScheduler.from_config(_clean(SD15_SCHEDULER_CONFIG))
     inv.set_timesteps(steps)
     x = torch.from_numpy(d["lat"])
-    img = torch.from_numpy(d["img"])
+    ctx2 = torch.from_numpy(np.concatenate([d["unc"], d["ctx"]]))
+    img2 = torch.from_numpy(np.concatenate([d["img"]] * 2))
     with torch.no_grad():
         for t in inv.timesteps:
-            down, mid = tcn(x, t, torch.from_numpy(d["ctx"]), img, conditioning_scale=0.9,
-                            return_dict=False)
-            eps = tu(x, t, torch.from_numpy(d["ctx"]), down_block_additional_residuals=down,
-                     mid_block_additional_residual=mid).sample
-            x = inv.step(eps, t, x).prev_sample
+            x2 = torch.cat([x, x])
+            down, mid = tcn(x2, t, ctx2, img2, conditioning_scale=scale, return_dict=False)
+            e_u, e_c = tu(x2, t, ctx2, down_block_additional_residuals=down,
+                          mid_block_additional_residual=mid).sample.chunk(2)
+            x = inv.step(e_u + g * (e_c - e_u), t, x).prev_sample
     schedule = NoiseSchedule.sd15()
-    pred = ControlNetPredictor(unet, cn, nhwc(d["img"]), conditioning_scale=0.9,
+    pred = ControlNetPredictor(unet, cn, nhwc(d["img"]), conditioning_scale=scale,
                                keep_table=control_keep_table(schedule, steps))
     ours = ddim_invert(pred, jnp.asarray(nhwc(d["lat"])), jnp.asarray(d["ctx"]), schedule,
-                       num_inference_steps=steps)
+                       num_inference_steps=steps, guidance_scale=g, uncond_context=jnp.asarray(d["unc"]))
     err = rel_err(nchw(ours), x.numpy())
-    print(f"DDIM inversion with ControlNet: max|diff|/std = {err:.3e}")
+    print(f"guided DDIM inversion with ControlNet: max|diff|/std = {err:.3e}")
     assert err <= TOL
+    gd, st = nnx.split(pred)
+    with pytest.raises(ValueError, match="2 conditioning images for a batch of 3"):
+        jax.eval_shape(lambda s: nnx.merge(gd, s)(jnp.zeros((3, 8, 8, 4)), 1, jnp.zeros((3, 7, 32))), st)
 
 
 def test_prepare_control_image_errors():

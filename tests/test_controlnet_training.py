@@ -60,18 +60,18 @@ def test_adapter_training_with_frozen_controlnet_and_auto_depth(demo):
     cfg, cn_dir, depth_dir, root = demo
     run = dataclasses.replace(cfg, output_dir=str(root / "run"), steps=1, accumulate=1,
                               controlnet=str(cn_dir), depth="auto", depth_model=str(depth_dir),
-                              cache_dir=str(root / "cache"))
+                              cache_dir=str(root / "cache"), unshared_tokens=False)
     summary = train(run)
     assert summary["steps"] == 1 and np.isfinite(summary["last_loss"])
     # the depth maps were computed and cached with the latents
     from jaxvedit.data.dataset import ClipDataset, Encoders
-    from jaxvedit.training.trainer import _depth_fn, _fingerprint, _vision_source
+    from jaxvedit.training.trainer import _depth_fn, _fingerprint
 
     def never(frames):  # everything must come from the cache now
         raise AssertionError("re-encoded")
 
     never.fingerprint = _depth_fn(run).fingerprint
-    enc = Encoders(never, never, _fingerprint(run.model, {"vision": list(_vision_source(run))}))
+    enc = Encoders(never, None, _fingerprint(run.model, {"vision": None}))
     ds = ClipDataset(run.data, encoders=enc, frames=run.frames, resolution=run.resolution,
                      max_frames=run.max_frames, cache_dir=run.cache_dir, depth_fn=never,
                      log=lambda m: None)
@@ -80,11 +80,13 @@ def test_adapter_training_with_frozen_controlnet_and_auto_depth(demo):
     assert batch["depth"].shape == (2, run.frames, 64, 64, 3) and batch["depth"].dtype == np.uint8
 
 
-def test_controlnet_training_without_depth_maps_is_named(demo):
-    from jaxvedit.training.trainer import train
+def test_controlnet_training_without_depth_maps_is_named():
+    from types import SimpleNamespace
 
-    cfg, cn_dir, _, root = demo
-    run = dataclasses.replace(cfg, output_dir=str(root / "nodepth"), steps=1, accumulate=1,
-                              controlnet=str(cn_dir), depth="files", cache_dir=str(root / "cache2"))
-    with pytest.raises(ValueError, match="needs a depth map per frame"):
-        train(run)
+    from jaxvedit.training.controlnet import check_training_depth
+
+    videos = [SimpleNamespace(record=SimpleNamespace(path=p), depth=d)
+              for p, d in (("a.mp4", np.zeros(1)), ("b.mp4", None))]
+    ds = SimpleNamespace(videos=videos, depth_problems={"b.mp4": "3 depth map(s) for 8 video frame(s)"})
+    with pytest.raises(ValueError, match=r"needs a depth map per frame.*b\.mp4.*3 depth map\(s\) for 8"):
+        check_training_depth(ds, "cn")
