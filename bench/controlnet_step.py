@@ -215,7 +215,7 @@ def run_torch(args, compile_mode: bool):
     peak = torch.cuda.max_memory_allocated() if dev == "cuda" else 0
     return {"impl": "torch-compile" if compile_mode else "torch-eager", "ms_per_step": ms,
             "frames_per_s": b * T / (ms / 1e3), "clips": b, "peak_mem_gib": peak / 2**30,
-            "warmup_s": warm_s, "loss": float(loss), "trainable_params": int(sum(p.numel() for p in params))}
+            "warmup_s": warm_s, "loss": float(loss.detach()), "trainable_params": int(sum(p.numel() for p in params))}
 
 
 def run_all(args, impls) -> list[dict]:
