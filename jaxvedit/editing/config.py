@@ -76,6 +76,27 @@ class EditConfig:
     keyframe_group: int = opt(8, "tokenflow: keyframes per extended-attention group (memory "
                               "bound for long videos; 0: all keyframes in one, as TokenFlow)",
                               "tokenflow")
+    # depth ControlNet (jaxvedit.editing.controlnet)
+    controlnet: str | None = opt(None, "ControlNet conditioning inversion and sampling on the "
+                                 "source's depth: diffusers folder, single .safetensors "
+                                 "(control_model.* layout) or repo id (e.g. "
+                                 "lllyasviel/sd-controlnet-depth)", "controlnet")
+    depth: str | None = opt(None, "depth maps for --controlnet: 'auto' (estimated with "
+                            "--depth-model, cached) or a folder / video of maps, one per source "
+                            "frame", "controlnet")
+    depth_model: str = opt("depth-anything/Depth-Anything-V2-Small-hf", "Depth Anything model "
+                           "for --depth auto: transformers folder or repo id", "controlnet")
+    depth_cache: str | None = opt(None, "cache folder of --depth auto (default "
+                                  "~/.cache/jaxvedit/depth)", "controlnet")
+    controlnet_scale: float = opt(1.0, "ControlNet conditioning scale", "controlnet")
+    guess_mode: bool = opt(False, "ControlNet guess mode (diffusers': residuals only on the "
+                           "conditional branch, scaled 0.1 -> 1 from shallow to deep)", "controlnet")
+    control_start: float = opt(0.0, "ControlNet acts from this fraction of the sampling steps",
+                               "controlnet")
+    control_end: float = opt(1.0, "... until this fraction (diffusers' control_guidance_end)",
+                             "controlnet")
+    control_inversion: bool = opt(True, "the ControlNet also conditions the inversion (as the "
+                                  "authors' pipeline)", "controlnet")
 
     # sampling
     steps: int = opt(50, "DDIM steps (inversion and sampling)", "sampling")
@@ -179,6 +200,9 @@ class EditConfig:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
         if self.lora_edit_rank < 1:
             raise ValueError(f"lora_edit_rank={self.lora_edit_rank} must be >= 1")
+        if not 0.0 <= self.control_start < self.control_end <= 1.0:
+            raise ValueError(f"control_start={self.control_start} and control_end="
+                             f"{self.control_end} must satisfy 0 <= start < end <= 1")
 
     @property
     def is_demo(self) -> bool:

@@ -134,7 +134,7 @@ class Editor:
 
     def __init__(self, model: str, *, adapter: str | None = None, vision_model: str | None = None,
                  dtype: str = "float32", lora_merge: bool = False, lora_ratio: float = 0.5,
-                 batch_frames: int = 8):
+                 batch_frames: int = 8, controlnet: str | None = None):
         from jaxvedit.models import load_components
         from jaxvedit.models.clip import load_tokenizer
         from jaxvedit.models.loading import resolve_source
@@ -155,7 +155,13 @@ class Editor:
         self._encode = _jit_method(self.vae, lambda m, x: m.encode_to_latents(x))
         self._decode = _jit_method(self.vae, lambda m, z: m.decode_latents(z))
         self._text = _jit_method(self.text_encoder, lambda m, ids: m(ids).last_hidden_state)
-        self.lora = self.text_lora = self.tokens = self.vision = self.dape = None
+        self.lora = self.text_lora = self.tokens = self.vision = self.dape = self.controlnet = None
+        if controlnet is not None:  # jaxvedit.editing.controlnet
+            from jaxvedit.models.controlnet import check_controlnet_fits_unet
+            from jaxvedit.models.controlnet_io import load_controlnet
+
+            self.controlnet = load_controlnet(controlnet, dtype=jdtype)
+            check_controlnet_fits_unet(self.controlnet, self.unet)
         self.unshared = True
         self.adapter_path, self.adapter_notes = adapter, []
         # a merged LoRA is merged per edit (at that edit's ratio) and the exact base kernels are
@@ -176,7 +182,7 @@ class Editor:
         self._encode = _jit_method(self.vae, lambda m, x: m.encode_to_latents(x))
         self._decode = _jit_method(self.vae, lambda m, z: m.decode_latents(z))
         self._text = _jit_method(self.text_encoder, lambda m, ids: m(ids).last_hidden_state)
-        self.lora = self.text_lora = self.tokens = self.vision = self.dape = None
+        self.lora = self.text_lora = self.tokens = self.vision = self.dape = self.controlnet = None
         self.unshared, self.adapter_notes, self.lora_merge = True, [], False
         return self
 
@@ -242,9 +248,13 @@ class Editor:
              seed: int = 0, filter: BilateralFilterConfig | None = None, cross_frame: bool = False,
              use_adapter: bool = True, lora_tau: float = 0.9, lora_ratio: float = 0.5,
              reconstruct: bool = False, latents: np.ndarray | None = None,
-             progress: bool = True, negative_prompt: str = "") -> EditResult:
+             progress: bool = True, negative_prompt: str = "", control=None,
+             controlnet_scale: float = 1.0, guess_mode: bool = False, control_start: float = 0.0,
+             control_end: float = 1.0, control_inversion: bool = True,
+             use_controlnet: bool = True) -> EditResult:
         """Edit ``frames (T, H, W, 3) uint8`` (already at the working resolution).
-        ``negative_prompt`` replaces the empty prompt in the sampling's guidance."""
+        ``negative_prompt`` replaces the empty prompt in the sampling's guidance. With a
+        ControlNet, ``control`` holds one conditioning image (depth map) per frame."""
         from tqdm.auto import tqdm
 
         if not prompt or not prompt.strip():
@@ -266,6 +276,18 @@ class Editor:
                              lora_tau=lora_tau, lora_ratio=lora_ratio,
                              cross_frame_group=bf if cross_frame else 0,
                              dape=self.dape if use_adapter else None)
+        inv_pred, ctl = pred, None
+        if use_controlnet and (self.controlnet is not None or control is not None):
+            from jaxvedit.editing.controlnet import EditControl
+
+            if control is None:
+                raise ValueError("missing conditioning image: this editor has a ControlNet; give "
+                                 "control= (one depth map per frame)")
+            ctl = EditControl(self.controlnet, control, num_frames=n, frame_size=frames.shape[1:3],
+                              schedule=self.schedule, steps=steps, conditioning_scale=controlnet_scale,
+                              guess_mode=guess_mode, start=control_start, end=control_end,
+                              inversion=control_inversion)
+            inv_pred, pred = ctl.wrap(pred)
         flt = filter if filter is not None else BilateralFilterConfig.none()
         if flt.mode == "features" and flt.feature_paths is None:
             flt = dataclasses.replace(flt, feature_paths=default_feature_paths(self.unet))
@@ -286,8 +308,10 @@ class Editor:
             for ci, (idx, keep) in enumerate(chunks):
                 x = jnp.asarray(x0[idx])
                 cs, ct, cu, cn = (jnp.asarray(per_frame(c, idx)) for c in (src, tgt, unc, neg))
+                if ctl is not None:
+                    ctl.set_chunk(idx)
                 bar.set_postfix_str(f"chunk {ci + 1}/{len(chunks)}: invert", refresh=False)
-                inv = ddim_invert(pred, x, cs, self.schedule, num_inference_steps=steps,
+                inv = ddim_invert(inv_pred, x, cs, self.schedule, num_inference_steps=steps,
                                   guidance_scale=inv_g, uncond_context=cu if inv_g != 1 else None,
                                   filter=flt)
                 jax.block_until_ready(inv)  # the bar counts finished work, not dispatched work
@@ -389,12 +413,18 @@ def edit_video(cfg: EditConfig) -> dict:
                                 keyframe_group=cfg.keyframe_group, pnp_f_t=cfg.pnp_f_t,
                                 pnp_attn_t=cfg.pnp_attn_t, steps=cfg.steps)
     t0 = time.perf_counter()
+    from jaxvedit.editing.controlnet import source_depth
+
+    control = source_depth(cfg, frames)
     editor = Editor(cfg.model, adapter=cfg.adapter, vision_model=cfg.vision_model, dtype=cfg.dtype,
-                    lora_merge=cfg.lora_merge, lora_ratio=cfg.lora_ratio, batch_frames=cfg.batch_frames)
+                    lora_merge=cfg.lora_merge, lora_ratio=cfg.lora_ratio, batch_frames=cfg.batch_frames,
+                    controlnet=cfg.controlnet)
     t_load = time.perf_counter() - t0
     if cfg.method == "tokenflow":
         from jaxvedit.editing.tokenflow import tokenflow_edit
 
+        if cfg.controlnet:
+            raise ValueError("--controlnet is not supported with --method tokenflow (yet)")
         res = tokenflow_edit(editor, frames, cfg.source_prompt, cfg.prompt,
                              negative_prompt=cfg.negative_prompt, steps=cfg.steps,
                              guidance_scale=cfg.guidance_scale, pnp_f_t=cfg.pnp_f_t,
@@ -409,7 +439,10 @@ def edit_video(cfg: EditConfig) -> dict:
                           eta=cfg.eta, seed=cfg.seed, filter=filter_config(cfg, editor.unet),
                           cross_frame=cfg.cross_frame, use_adapter=True, lora_tau=cfg.lora_tau,
                           lora_ratio=cfg.lora_ratio, progress=cfg.progress,
-                          negative_prompt=cfg.negative_prompt)
+                          negative_prompt=cfg.negative_prompt, control=control,
+                          controlnet_scale=cfg.controlnet_scale, guess_mode=cfg.guess_mode,
+                          control_start=cfg.control_start, control_end=cfg.control_end,
+                          control_inversion=cfg.control_inversion)
     write_video(out, res.frames, fps)
     written = {"video": str(out)}
     if cfg.keep_audio:
@@ -432,7 +465,7 @@ def edit_video(cfg: EditConfig) -> dict:
             "resolution": cfg.resolution, "size": [w, h], "method": cfg.method,
             "steps": cfg.steps, "filter": cfg.filter,
             "cross_frame": cfg.cross_frame, "adapter": cfg.adapter,
-            "adapter_notes": editor.adapter_notes,
+            "adapter_notes": editor.adapter_notes, "controlnet": cfg.controlnet, "depth": cfg.depth,
             "adapter_parts": sorted(k for k, v in (("lora", editor.lora), ("prompt_tokens", editor.tokens),
                                                    ("text_encoder_lora", editor.text_lora),
                                                    ("dape", editor.dape)) if v is not None),

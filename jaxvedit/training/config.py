@@ -63,6 +63,17 @@ class TrainConfig:
          "up_blocks.3.attentions.*.transformer_blocks.0.attn1"),
         "UNet module paths (fnmatch patterns) whose outputs feed the temporal loss", "loss")
 
+    # depth ControlNet (jaxvedit.training.controlnet)
+    controlnet: str | None = opt(None, "frozen depth ControlNet adding its residuals to the UNet "
+                                 "(the authors' setup): diffusers folder, single .safetensors or "
+                                 "repo id; needs depth maps (<data>/depth/ or --depth auto)", "controlnet")
+    controlnet_scale: float = opt(1.0, "ControlNet conditioning scale", "controlnet")
+    depth: Literal["files", "auto"] = opt("files", "depth maps: read from <data>/depth/{video stem} "
+                                          "(files), or computed with --depth-model where missing "
+                                          "and cached with the latents (auto)", "controlnet")
+    depth_model: str = opt("depth-anything/Depth-Anything-V2-Small-hf", "Depth Anything model "
+                           "for --depth auto: transformers folder or repo id", "controlnet")
+
     # optimisation
     steps: int = opt(2000, "optimizer steps", "optimisation")
     batch_size: int = opt(0, "clips per micro-batch across all devices (0: one per device)", "optimisation")

@@ -37,11 +37,13 @@ from jaxvedit.training.logging import MetricsLog, ProgressBar
 
 
 class AdapterModel(nnx.Module):
-    """What training updates: ``unet`` (a LoRA-wrapped UNet) and its prompt ``tokens``."""
+    """What training updates: ``unet`` (a LoRA-wrapped UNet) and its prompt ``tokens``; an
+    optional frozen ``controlnet`` adds its residuals (its weights are no ``AdapterParam``)."""
 
-    def __init__(self, unet, tokens: PromptTokens | None):
+    def __init__(self, unet, tokens: PromptTokens | None, controlnet=None):
         self.unet = unet
         self.tokens = tokens
+        self.controlnet = controlnet
 
 
 # ----------------------------------------------------------------------------------------------
@@ -127,7 +129,14 @@ class Components:
             tokens = PromptTokens(PromptTokenConfig(n_share=cfg.n_shared_tokens, vision_dim=vdim,
                                                     context_dim=ctx_dim, pooling=cfg.pooling,
                                                     text_dropout=cfg.text_dropout), rngs=rngs)
-        self.model = AdapterModel(lora_unet, tokens)
+        controlnet = None
+        if cfg.controlnet:  # frozen, as the authors' (jaxvedit.training.controlnet)
+            from jaxvedit.models.controlnet import check_controlnet_fits_unet
+            from jaxvedit.models.controlnet_io import load_controlnet
+
+            controlnet = load_controlnet(cfg.controlnet, dtype=dtype)
+            check_controlnet_fits_unet(controlnet, unet)
+        self.model = AdapterModel(lora_unet, tokens, controlnet)
         self.fingerprint = _fingerprint(cfg.model, {"vision": list(_vision_source(cfg, model_path))
                                                     if cfg.unshared_tokens else None})
         self._text_cache: dict[str, np.ndarray] = {}
@@ -210,7 +219,16 @@ def make_loss_fn(cfg: TrainConfig, schedule: NoiseSchedule, empty_text: jax.Arra
         else:
             ctx = text
         hooks = FeatureHooks(capture=cfg.feature_taps)
-        eps = model.unet(x_t, flat(tt), ctx, hooks=hooks)
+        extra = {}
+        if model.controlnet is not None:  # depth maps (B, T, H, W, 3), arranged as the latents
+            from jaxvedit.training.controlnet import residual_kwargs
+
+            depth = batch.get("depth")
+            if depth is not None and cfg.temporal_form == "cross_timestep":
+                depth = jnp.concatenate([depth[:, :2], depth[:, :2]], axis=1)
+            extra = residual_kwargs(model.controlnet, x_t, flat(tt), ctx,
+                                    None if depth is None else flat(depth), cfg.controlnet_scale)
+        eps = model.unet(x_t, flat(tt), ctx, hooks=hooks, **extra)
         feats = {k: v.astype(jnp.float32) for k, v in hooks.captured.items()}
         if not feats:
             raise ValueError(f"feature_taps {cfg.feature_taps} matched no UNet module")
@@ -243,6 +261,20 @@ def _devices(cfg: TrainConfig):
     return devs
 
 
+def _depth_fn(cfg: TrainConfig):
+    """``--depth auto``: depth maps computed (and cached with the latents) where none are given."""
+    if cfg.depth != "auto":
+        return None
+    from jaxvedit.models.depth import _fingerprint, compute_depth
+    from jaxvedit.models.depth_anything import resolve_depth_folder
+
+    def depth_fn(frames):
+        return compute_depth(frames, model=cfg.depth_model)
+
+    depth_fn.fingerprint = _fingerprint(resolve_depth_folder(cfg.depth_model))  # in the cache key
+    return depth_fn
+
+
 def train(cfg: TrainConfig) -> dict:
     """Run (or resume) training; returns a summary with the paths written."""
     if cfg.multihost:
@@ -265,7 +297,12 @@ def train(cfg: TrainConfig) -> dict:
     comps = Components(cfg)
     dataset = ClipDataset(cfg.data, encoders=comps.encoders(), frames=cfg.frames,
                           resolution=cfg.resolution, frame_stride=cfg.frame_stride,
-                          max_frames=cfg.max_frames, cache_dir=cfg.cache_dir, seed=cfg.seed, log=_log)
+                          max_frames=cfg.max_frames, cache_dir=cfg.cache_dir, seed=cfg.seed, log=_log,
+                          depth_fn=_depth_fn(cfg))
+    if cfg.controlnet:
+        from jaxvedit.training.controlnet import check_training_depth
+
+        check_training_depth(dataset, cfg.controlnet)
     captions = dataset.captions
     empty_text = jnp.asarray(comps.text_embeddings([""])[0])
     tx = adapter_optimizer(cfg.learning_rate, warmup_steps=cfg.warmup_steps,
@@ -319,6 +356,8 @@ def train(cfg: TrainConfig) -> dict:
                      "text": comps.text_embeddings([captions[i] for i in raw["caption_index"]])}
             if "vision" in raw and cfg.unshared_tokens:
                 batch["vision"] = raw["vision"]
+            if cfg.controlnet:
+                batch["depth"] = raw["depth"]
             batch = jax.device_put(batch, sharded)
             key = jax.random.fold_in(base_key, position)
             loss, aux = state.step(step_fn, batch, key)
