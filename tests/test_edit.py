@@ -66,15 +66,27 @@ def test_default_demo_cli_writes_playable_video(tmp_path):
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     demo = tmp_path / "runs" / "edit-demo"
-    src, out = probe_video(demo / "sample.mp4"), probe_video(demo / "edited.mp4")
-    assert (src.num_frames, src.fps) == (8, 8.0)
+    src, out = probe_video(demo / "source.mp4"), probe_video(demo / "edited.mp4")
+    assert (src.num_frames, src.fps) == (16, 8.0)
     assert out.codec == "h264"
-    assert (out.num_frames, out.fps, out.height, out.width) == (src.num_frames, src.fps, 64, 64)
+    assert (out.num_frames, out.fps, out.height, out.width) == (src.num_frames, src.fps, 128, 128)
     v = read_video(demo / "edited.mp4")  # decodes every frame: playable
-    assert v.frames.shape == (8, 64, 64, 3) and v.fps == 8.0
+    assert v.frames.shape == (16, 128, 128, 3) and v.fps == 8.0
     g = read_video(demo / "edited.gif")
-    assert g.frames.shape == (8, 64, 64, 3) and abs(g.fps - 8.0) < 0.5
+    assert g.frames.shape == (16, 128, 128, 3) and abs(g.fps - 8.0) < 0.5
     assert "real weights" in proc.stderr and "--model" in proc.stderr
+    # the world model's edit: the red circle turns blue, the striped background stays
+    from jaxvedit.world import judge
+    from jaxvedit.world.demo import demo_edit
+    from jaxvedit.world.render import render
+
+    target = render(demo_edit().target)
+    colours = [judge.classify_colour(f) for f in v.frames]
+    assert colours.count("blue") >= 14, colours
+    assert all(judge.classify_background(f) == "striped" for f in v.frames)
+    away = target.background_mask
+    err = np.abs(v.frames.astype(float) - target.frames.astype(float)).max(-1)
+    assert np.mean(err[away]) < 4.0  # the background is kept (0-255 units; measured 1.3)
 
 
 # ---------------------------------------------------------------------------------------------
