@@ -297,15 +297,21 @@ def run_bench(cfg: BenchConfig) -> dict:
     results, videos = {}, {}
     if cfg.append and (out / "results.json").is_file():
         old = json.loads((out / "results.json").read_text())
-        same = {k: old.get(k) for k in ("suite", "videos", "frames", "steps", "guidance_scale")}
         want = {"suite": cfg.suite, "videos": n_videos, "frames": frames, "steps": steps,
                 "guidance_scale": cfg.guidance_scale}
-        if same != want:
-            raise ValueError(f"--append: {out / 'results.json'} holds another run ({same}), not {want}")
+        unrecorded = [k for k in want if k not in old]
+        same = {k: old.get(k, want[k]) for k in want}
+        seeds = [spec.seed for spec, _ in suite]
+        if same != want or any(sorted({e["seed"] for e in r["edits"]}) != sorted(seeds)
+                               for r in old["rows"].values()):
+            raise ValueError(f"--append: {out / 'results.json'} holds another run ({same}, its "
+                             f"videos' seeds), not {want}")
         results = {k: v for k, v in old["rows"].items() if k in rows}
         for r in results.values():  # re-summarise with this version's summary
             r["summary"] = summarise(r["edits"])
             r.setdefault("device", "not recorded")
+            if unrecorded:  # an older partial file: its videos match, these settings it did not keep
+                r.setdefault("settings_unrecorded", unrecorded)
         _log(f"--append: keeping {list(results)}")
     for name in rows:
         if name in results:
