@@ -111,6 +111,9 @@ class CompareConfig:
     progress: bool = opt(True, "show progress bars", "output")
 
     def __post_init__(self):
+        from jaxvedit.world.models import expand_model_alias
+
+        object.__setattr__(self, "model", expand_model_alias(self.model))  # --model world
         if self.prompt is not None and not self.prompt.strip():
             raise ValueError("empty prompt: give the target prompt with --prompt \"...\"")
         for name in ("resolution", "width", "height"):

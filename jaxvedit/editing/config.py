@@ -165,6 +165,9 @@ class EditConfig:
     progress: bool = opt(True, "show a progress bar", "run")
 
     def __post_init__(self):
+        from jaxvedit.world.models import expand_model_alias
+
+        object.__setattr__(self, "model", expand_model_alias(self.model))  # --model world
         if self.prompt is not None and not self.prompt.strip():
             raise ValueError("empty prompt: give the target prompt with --prompt \"...\"")
         for name in ("resolution", "width", "height"):

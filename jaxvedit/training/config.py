@@ -96,6 +96,9 @@ class TrainConfig:
     progress: bool = opt(True, "show a progress bar", "run")
 
     def __post_init__(self):
+        from jaxvedit.world.models import expand_model_alias
+
+        object.__setattr__(self, "model", expand_model_alias(self.model))  # --model world
         if isinstance(self.lora_targets, str):  # a config file's "lora_targets": "down"
             object.__setattr__(self, "lora_targets", (self.lora_targets,))
         object.__setattr__(self, "lora_targets", tuple(self.lora_targets))

@@ -40,6 +40,7 @@ class Method:
     adapter: bool = False
     filter: str = "none"  # none / latent / features
     cross_frame: bool = False
+    dape: bool = False  # DAPE (norm-tuning + vision adapter, --dape)
 
 
 METHODS: dict[str, Method] = {
@@ -52,6 +53,8 @@ METHODS: dict[str, Method] = {
     "adapter+features": Method(adapter=True, filter="features"),
     "adapter+cross-frame": Method(adapter=True, cross_frame=True),
     "adapter+latent+cross-frame": Method(adapter=True, filter="latent", cross_frame=True),
+    "dape": Method(dape=True),
+    "dape+latent": Method(dape=True, filter="latent"),
 }
 REFERENCE_ROWS = ("source (no edit)", "oracle through the VAE")
 
@@ -82,6 +85,8 @@ class BenchConfig:
     model: str | None = opt(None, "world pipeline folder (default: the shipped one)", "model")
     adapter: str | None = opt(None, "GE adapter (<run>/adapter) for the adapter rows (default: "
                               "the shipped world adapter, if any)", "model")
+    dape: str | None = opt(None, "DAPE adapter (<run>/adapter or its dape/ folder) for the dape rows "
+                           "(default: the shipped world DAPE adapter, if any)", "model")
     lora_tau: float = opt(0.9, "LoRA timestep gate at inference", "model")
     lora_ratio: float = opt(0.5, "LoRA ratio at inference", "model")
     batch_videos: int = opt(0, "videos per UNet batch (0: all; the three edits of a video are "
@@ -122,12 +127,22 @@ def _log(msg: str) -> None:
 class BenchContext:
     """The loaded world pipeline and what the rows share."""
 
-    def __init__(self, cfg: BenchConfig, model_path: Path, adapter: str | None):
+    def __init__(self, cfg: BenchConfig, model_path: Path, adapter: str | None,
+                 dape: str | None = None):
         from jaxvedit.editing.pipeline import Editor
 
         self.cfg = cfg
         self.editor = Editor(str(model_path), adapter=adapter, batch_frames=64)
         self.has_adapter = adapter is not None
+        self.dape = None
+        if dape is not None:
+            from jaxvedit.adapters import load_adapter
+            from jaxvedit.editing.adapters import find_adapter_parts
+
+            parts = find_adapter_parts(dape)
+            if "dape" not in parts:
+                raise ValueError(f"--dape {dape}: no DAPE adapter there (expected a dape/ folder)")
+            self.dape = load_adapter(parts["dape"], self.editor.unet)
 
     def contexts(self, frames: np.ndarray, prompts: list[str], tokens: bool) -> list[np.ndarray]:
         """Per prompt, the ``(T, L, D)`` context of each frame of ``frames``."""
@@ -153,7 +168,8 @@ def run_method(ctx: BenchContext, method: Method, sources: np.ndarray, src_promp
     stack = lambda j: np.concatenate([pv[j] for pv in per_video])  # (N*T, L, D)
     lora = ed.lora if (method.adapter and ed.lora is not None) else None
     pred = EditPredictor(ed.unet, lora, lora_tau=ctx.cfg.lora_tau, lora_ratio=ctx.cfg.lora_ratio,
-                         cross_frame_group=t if method.cross_frame else 0)
+                         cross_frame_group=t if method.cross_frame else 0,
+                         dape=ctx.dape if method.dape else None)
     if method.filter == "latent":
         flt = BilateralFilterConfig.latent()
     elif method.filter == "features":
@@ -273,11 +289,17 @@ def run_bench(cfg: BenchConfig) -> dict:
     model_path = Path(cfg.model) if cfg.model else world_model_path()
     adapter = cfg.adapter or world_adapter_path(missing_ok=True)
     adapter = str(adapter) if adapter else None
+    dape = cfg.dape or world_adapter_path(missing_ok=True, kind="dape")
+    dape = str(dape) if dape else None
     rows = list(cfg.rows) or [*REFERENCE_ROWS, *[m for m, meth in METHODS.items()
-                                                 if adapter or not meth.adapter], *EXTERNAL]
+                                                 if (adapter or not meth.adapter) and
+                                                 (dape or not meth.dape)], *EXTERNAL]
     missing = [r for r in rows if METHODS.get(r, Method()).adapter and not adapter]
     if missing:
         raise ValueError(f"rows {missing} need an adapter: give --adapter (no shipped world adapter)")
+    missing = [r for r in rows if METHODS.get(r, Method()).dape and not dape]
+    if missing:
+        raise ValueError(f"rows {missing} need a DAPE adapter: give --dape (none shipped)")
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -288,7 +310,8 @@ def run_bench(cfg: BenchConfig) -> dict:
     tgt_prompts = [[e.target_caption for e in edits] for _, edits in suite]
     _log(f"suite {cfg.suite}: {n_videos} videos x {len(EDIT_KINDS)} edits, {frames} frames, "
          f"{steps} steps ({time.perf_counter() - t0:.1f} s to render)")
-    ctx = BenchContext(cfg, model_path, adapter)
+    ctx = BenchContext(cfg, model_path, adapter, dape if any(METHODS.get(r, Method()).dape
+                                                             for r in rows) else None)
     clip = (CLIPVisionModelWithProjection.from_pretrained(model_path, subfolder="image_encoder"),
             CLIPTextModelWithProjection.from_pretrained(model_path, subfolder="text_encoder"),
             load_tokenizer(model_path))
@@ -367,6 +390,7 @@ def run_bench(cfg: BenchConfig) -> dict:
              f"({elapsed:.1f} s)")
     report = {"suite": cfg.suite, "complete": True, "videos": n_videos, "frames": frames, "steps": steps,
               "guidance_scale": cfg.guidance_scale, "model": str(model_path), "adapter": adapter,
+              "dape": dape,
               "lora_tau": cfg.lora_tau, "lora_ratio": cfg.lora_ratio, "rows": results,
               "seconds": time.perf_counter() - t0}
     write_outputs(out, report, videos, sources, truth_tgt, suite)
