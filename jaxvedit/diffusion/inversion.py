@@ -85,7 +85,8 @@ class BilateralFilterConfig:
         matching ``feature_paths`` (default :func:`default_feature_paths`) are replaced by
         :func:`~jaxvedit.diffusion.bilateral.bilateral_filter_frames` along the frame axis
         (``kernel_size``, ``sigma_spatial``, ``sigma_range``). With CFG each guidance branch is
-        filtered separately (the authors' hook runs over the concatenated batch).
+        filtered separately (the authors' hook runs over the concatenated batch). A batch that
+        holds several videos of ``video_frames`` frames each is filtered video by video.
       - ``"symmetric"`` (not in the paper; docs/theory.md, "a filter for which Lemma C.7
         holds"): before every step, ``x_t <- P x_t`` with the symmetric doubly stochastic
         bilateral matrix ``P`` of
@@ -106,6 +107,7 @@ class BilateralFilterConfig:
     kernel_size: int = 5
     feature_paths: tuple[str, ...] | None = None
     sinkhorn_iters: int = 30
+    video_frames: int | None = None  # features: frames per video in the batch (None: one video)
 
     def __post_init__(self):
         if self.mode not in _MODES:
@@ -237,6 +239,7 @@ class _LoopSpec:
     feature_paths: tuple[str, ...]
     return_trajectory: bool
     sinkhorn_iters: int = 0
+    video_frames: int = 0  # 0: the batch is one video
 
 
 class _Trace:
@@ -273,7 +276,7 @@ def _ddim_loop(params, x, ctx, uctx, ts, a_cur, a_next, guidance, eta, key, fsig
             xin2, ctx2 = xin, ctx
         kwargs = {}
         if spec.filter_mode == "features":
-            groups = 2 if spec.cfg else 1
+            groups = (2 if spec.cfg else 1) * (B // spec.video_frames if spec.video_frames else 1)
             hooks = FeatureHooks(
                 transform={p: _features_transform(spec, groups, ss, sr) for p in spec.feature_paths}
             )
@@ -398,7 +401,11 @@ def _run(
         feature_paths=tuple(paths) if flt.mode == "features" else (),
         return_trajectory=bool(return_trajectory),
         sinkhorn_iters=int(flt.sinkhorn_iters) if flt.mode == "symmetric" else 0,
+        video_frames=int(flt.video_frames or 0) if flt.mode == "features" else 0,
     )
+    if spec.video_frames and B % spec.video_frames:
+        raise ValueError(f"features filter: batch {B} is not a whole number of videos of "
+                         f"{spec.video_frames} frames")
     ts, a_cur, a_next = table
     fsig = np.asarray([flt.sigma_spatial, flt.resolved_sigma_range], np.float32)
     xT, traj = _ddim_loop(

@@ -11,6 +11,7 @@ anchor, and its copy is dropped from that chunk's output.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
 import time
@@ -22,10 +23,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxvedit.adapters import AdapterLoadError, load_adapter, merge_lora
+from jaxvedit.adapters import LoRAModel, merged_lora
 from jaxvedit.diffusion import BilateralFilterConfig, ddim_invert, ddim_sample, default_feature_paths
 from jaxvedit.diffusion.schedules import NoiseSchedule
-from jaxvedit.editing.config import DEMO_SAMPLE, EditConfig
+from jaxvedit.editing.adapters import find_adapter_parts, load_edit_adapters  # noqa: F401
+from jaxvedit.editing.config import EditConfig
 from jaxvedit.editing.predictor import EditPredictor
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov")
@@ -95,28 +97,6 @@ def chunk_indices(num_frames: int, batch_frames: int, carry_first: bool) -> list
 # adapters
 
 
-def find_adapter_parts(path: str | Path) -> dict[str, Path]:
-    """``{"lora": folder, "prompt_tokens": folder}`` (either may be absent) of an adapter folder:
-    ``<run>/adapter`` with ``lora/`` and/or ``prompt_tokens/``, or one adapter folder itself."""
-    import json
-
-    from jaxvedit.adapters.io import CONFIG_NAME
-
-    p = Path(path)
-    if not p.is_dir():
-        raise FileNotFoundError(f"adapter folder not found: {p}")
-    if (p / CONFIG_NAME).is_file():
-        kind = json.loads((p / CONFIG_NAME).read_text()).get("kind")
-        if kind not in ("lora", "prompt_tokens"):
-            raise AdapterLoadError(f"unknown adapter kind {kind!r} in {p / CONFIG_NAME}")
-        return {kind: p}
-    parts = {k: p / k for k in ("lora", "prompt_tokens") if (p / k / CONFIG_NAME).is_file()}
-    if not parts:
-        raise FileNotFoundError(f"no adapter in {p}: expected lora/ and/or prompt_tokens/ with "
-                                f"{CONFIG_NAME} (as python -m jaxvedit.train writes to <run>/adapter)")
-    return parts
-
-
 # ----------------------------------------------------------------------------------------------
 # the editor
 
@@ -127,8 +107,9 @@ def _jit_method(module, fn):
     return lambda x: run(state, x)
 
 
-def _batched(fn, x: np.ndarray, batch: int) -> np.ndarray:
-    """``fn`` over ``x`` in batches of one fixed size (last one padded): one compiled program."""
+def _batched(fn, x: np.ndarray, batch: int, pre=None, post=None) -> np.ndarray:
+    """``fn`` over ``x`` in batches of one fixed size (last one padded): one compiled program.
+    ``pre`` / ``post`` convert each batch on the host (so a whole clip is never held in float)."""
     n = len(x)
     bs = max(1, min(batch, n))
     out = []
@@ -137,7 +118,8 @@ def _batched(fn, x: np.ndarray, batch: int) -> np.ndarray:
         pad = bs - len(part)
         if pad:
             part = np.concatenate([part, np.repeat(part[-1:], pad, axis=0)])
-        out.append(np.asarray(fn(jnp.asarray(part)))[:bs - pad])
+        y = np.asarray(fn(jnp.asarray(part if pre is None else pre(part))))[:bs - pad]
+        out.append(y if post is None else post(y))
     return np.concatenate(out)
 
 
@@ -158,7 +140,7 @@ class Editor:
 
     def __init__(self, model: str, *, adapter: str | None = None, vision_model: str | None = None,
                  dtype: str = "float32", lora_merge: bool = False, lora_ratio: float = 0.5,
-                 batch_frames: int = 8):
+                 batch_frames: int = 8, controlnet: str | None = None):
         from jaxvedit.models import load_components
         from jaxvedit.models.clip import load_tokenizer
         from jaxvedit.models.loading import resolve_source
@@ -179,77 +161,90 @@ class Editor:
         self._encode = _jit_method(self.vae, lambda m, x: m.encode_to_latents(x))
         self._decode = _jit_method(self.vae, lambda m, z: m.decode_latents(z))
         self._text = _jit_method(self.text_encoder, lambda m, ids: m(ids).last_hidden_state)
-        self.lora = self.tokens = self.vision = None
-        self.adapter_path = adapter
+        self.lora = self.text_lora = self.tokens = self.vision = self.dape = self.controlnet = None
+        if controlnet is not None:  # jaxvedit.editing.controlnet
+            from jaxvedit.models.controlnet import check_controlnet_fits_unet
+            from jaxvedit.models.controlnet_io import load_controlnet
+
+            self.controlnet = load_controlnet(controlnet, dtype=jdtype)
+            check_controlnet_fits_unet(self.controlnet, self.unet)
+        self.unshared = True
+        self.adapter_path, self.adapter_notes = adapter, []
+        # a merged LoRA is merged per edit (at that edit's ratio) and the exact base kernels are
+        # put back afterwards, so an edit without the adapter never sees it
+        self.lora_merge = lora_merge
         if adapter is not None:
             self._load_adapter(adapter, vision_model)
-            if self.lora is not None and lora_merge:
-                merge_lora(self.unet, self.lora, ratio=lora_ratio)
+
+    @classmethod
+    def from_components(cls, unet, vae, text_encoder, tokenizer, schedule: NoiseSchedule | None = None,
+                        *, batch_frames: int = 8) -> "Editor":
+        """An editor on models already built (no folder, no adapter): benchmarks, random
+        weights."""
+        self = cls.__new__(cls)
+        self.batch_frames, self.root, self.adapter_path = batch_frames, None, None
+        self.unet, self.vae, self.text_encoder, self.tokenizer = unet, vae, text_encoder, tokenizer
+        self.schedule = schedule if schedule is not None else NoiseSchedule.sd15()
+        self._encode = _jit_method(self.vae, lambda m, x: m.encode_to_latents(x))
+        self._decode = _jit_method(self.vae, lambda m, z: m.decode_latents(z))
+        self._text = _jit_method(self.text_encoder, lambda m, ids: m(ids).last_hidden_state)
+        self.lora = self.text_lora = self.tokens = self.vision = self.dape = self.controlnet = None
+        self.unshared, self.adapter_notes, self.lora_merge = True, [], False
+        return self
 
     # -- adapter
     def _load_adapter(self, path: str, vision_model: str | None) -> None:
-        from jaxvedit.models.clip import CLIPVisionModel
-
-        parts = find_adapter_parts(path)
-        if "lora" in parts:
-            self.lora = load_adapter(parts["lora"], self.unet)
-        if "prompt_tokens" in parts:
-            tokens = load_adapter(parts["prompt_tokens"])
-            ctx_dim = self.unet.config.cross_attention_dim
-            ctx_dim = ctx_dim if isinstance(ctx_dim, int) else ctx_dim[0]
-            if tokens.config.context_dim != ctx_dim:
-                raise AdapterLoadError(
-                    f"cannot load prompt_tokens adapter {parts['prompt_tokens']}: tensor shared has "
-                    f"width {tokens.config.context_dim}, the UNet's cross-attention dim is {ctx_dim} "
-                    "(made for another model?)")
-            if vision_model:
-                src, sub = vision_model, None
-            elif (self.root / "image_encoder" / "config.json").is_file():
-                src, sub = self.root, "image_encoder"
-            else:
-                raise FileNotFoundError(
-                    f"the prompt tokens of {path} need a CLIP vision tower: {self.root} has no "
-                    "image_encoder/, give --vision-model (e.g. openai/clip-vit-base-patch32)")
-            self.vision = CLIPVisionModel.from_pretrained(src, subfolder=sub)
-            if self.vision.config.hidden_size != tokens.config.vision_dim:
-                raise AdapterLoadError(
-                    f"cannot load prompt_tokens adapter {parts['prompt_tokens']}: tensor proj_kernel "
-                    f"expects vision width {tokens.config.vision_dim}, the vision tower has "
-                    f"{self.vision.config.hidden_size} (another --vision-model?)")
-            self.tokens = tokens
+        ad = load_edit_adapters(path, self.unet, self.text_encoder, model_root=self.root,
+                                vision_model=vision_model,
+                                num_train_timesteps=self.schedule.num_train_timesteps)
+        self.lora, self.text_lora, self.tokens, self.unshared = ad.lora, ad.text_lora, ad.tokens, ad.unshared
+        self.vision, self.adapter_notes, self.dape = ad.vision, ad.notes, ad.dape
+        if self.vision is not None:
             self._vision = _jit_method(self.vision, lambda m, x: m(x).last_hidden_state)
+        if self.text_lora is not None:
+            gd, state = nnx.split(LoRAModel(self.text_encoder, self.text_lora))
+            run = jax.jit(lambda s, ids, r: nnx.merge(gd, s)(ids, lora_ratio=r).last_hidden_state)
+            self._text_lora = lambda ids, r: run(state, ids, r)
 
     # -- encoders
     def encode_frames(self, frames: np.ndarray) -> np.ndarray:
         from jaxvedit.data.video import to_model_range
 
-        return _batched(self._encode, to_model_range(frames), self.batch_frames)
+        return _batched(self._encode, np.asarray(frames), self.batch_frames, pre=to_model_range)
 
     def decode_latents(self, latents: np.ndarray) -> np.ndarray:
         from jaxvedit.data.video import from_model_range
 
-        x = _batched(self._decode, np.asarray(latents, np.float32), self.batch_frames)
-        return from_model_range(x)
+        return _batched(self._decode, np.asarray(latents, np.float32), self.batch_frames,
+                        post=from_model_range)
 
-    def text_embeddings(self, prompts: list[str]) -> np.ndarray:
+    def text_embeddings(self, prompts: list[str], text_lora_ratio: float | None = None) -> np.ndarray:
+        """``text_lora_ratio``: through the text-encoder LoRA at that ratio (None: plain)."""
         from jaxvedit.models.clip import tokenize
 
         n = min(int(self.tokenizer.model_max_length),
                 int(self.text_encoder.config.max_position_embeddings))
-        return np.asarray(self._text(jnp.asarray(tokenize(self.tokenizer, prompts, max_length=n))),
-                          np.float32)
+        ids = jnp.asarray(tokenize(self.tokenizer, prompts, max_length=n))
+        if text_lora_ratio is not None and self.text_lora is not None:
+            return np.asarray(self._text_lora(ids, jnp.float32(text_lora_ratio)), np.float32)
+        return np.asarray(self._text(ids), np.float32)
 
-    def contexts(self, frames: np.ndarray, prompts: list[str], use_tokens: bool) -> list[np.ndarray]:
+    def contexts(self, frames: np.ndarray, prompts: list[str], use_tokens: bool,
+                 text_lora_ratio: float | None = None) -> list[np.ndarray]:
         """One context per prompt: ``(1, L, D)`` text only, or ``(T, P + L, D)`` with the prompt
-        tokens ``[T_share; Z_unshare(frame); text]``."""
-        text = self.text_embeddings(prompts)
+        tokens ``[T_share; Z_unshare(frame); text]`` (``(1, P + L, D)`` ``[T_share; text]`` for
+        tokens trained without the unshared part)."""
+        text = self.text_embeddings(prompts, text_lora_ratio)
         if not (use_tokens and self.tokens is not None):
             return [t[None] for t in text]
-        from jaxvedit.metrics import clip_preprocess
+        if not self.unshared:
+            prefix = np.asarray(self.tokens.shared.value, np.float32)[None]  # (1, P, D)
+        else:
+            from jaxvedit.metrics import clip_preprocess
 
-        pixels = clip_preprocess(frames, self.vision.config.image_size)
-        hidden = _batched(self._vision, pixels, self.batch_frames)
-        prefix = np.asarray(self.tokens(jnp.asarray(hidden)), np.float32)  # (T, P, D)
+            pixels = clip_preprocess(frames, self.vision.config.image_size)
+            hidden = _batched(self._vision, pixels, self.batch_frames)
+            prefix = np.asarray(self.tokens(jnp.asarray(hidden)), np.float32)  # (T, P, D)
         return [np.concatenate([prefix, np.broadcast_to(t[None], (len(prefix),) + t.shape)], axis=1)
                 for t in text]
 
@@ -259,22 +254,46 @@ class Editor:
              seed: int = 0, filter: BilateralFilterConfig | None = None, cross_frame: bool = False,
              use_adapter: bool = True, lora_tau: float = 0.9, lora_ratio: float = 0.5,
              reconstruct: bool = False, latents: np.ndarray | None = None,
-             progress: bool = True) -> EditResult:
-        """Edit ``frames (T, H, W, 3) uint8`` (already at the working resolution)."""
+             progress: bool = True, negative_prompt: str = "", control=None,
+             controlnet_scale: float = 1.0, guess_mode: bool = False, control_start: float = 0.0,
+             control_end: float = 1.0, control_inversion: bool = True,
+             use_controlnet: bool = True) -> EditResult:
+        """Edit ``frames (T, H, W, 3) uint8`` (already at the working resolution).
+        ``negative_prompt`` replaces the empty prompt in the sampling's guidance. With a
+        ControlNet, ``control`` holds one conditioning image (depth map) per frame."""
         from tqdm.auto import tqdm
 
         if not prompt or not prompt.strip():
             raise ValueError("empty prompt: give the target prompt")
+        if negative_prompt and float(guidance_scale) == 1.0:
+            raise ValueError("a negative prompt needs guidance_scale != 1 (at guidance 1 the "
+                             "unconditional branch, where the negative prompt goes, is not evaluated)")
         t0 = time.perf_counter()
         x0 = self.encode_frames(frames) if latents is None else np.asarray(latents, np.float32)
         t_enc = time.perf_counter() - t0
-        use_lora = use_adapter and self.lora is not None and not self.lora.merged_ratio
-        src, tgt, unc = self.contexts(frames, [source_prompt, prompt, ""], use_adapter)
+        use_lora = use_adapter and self.lora is not None
+        merge = use_lora and self.lora_merge
+        src, tgt, unc, neg = self.contexts(frames, [source_prompt, prompt, "", negative_prompt],
+                                           use_adapter, lora_ratio if use_adapter else None)
         n = len(x0)
         bf = min(self.batch_frames, n)
         chunks = chunk_indices(n, bf, carry_first=cross_frame)
-        pred = EditPredictor(self.unet, self.lora if use_lora else None, lora_tau=lora_tau,
-                             lora_ratio=lora_ratio, cross_frame_group=bf if cross_frame else 0)
+        pred = EditPredictor(self.unet, self.lora if use_lora and not merge else None,
+                             lora_tau=lora_tau, lora_ratio=lora_ratio,
+                             cross_frame_group=bf if cross_frame else 0,
+                             dape=self.dape if use_adapter else None)
+        inv_pred, ctl = pred, None
+        if use_controlnet and (self.controlnet is not None or control is not None):
+            from jaxvedit.editing.controlnet import EditControl
+
+            if control is None:
+                raise ValueError("missing conditioning image: this editor has a ControlNet; give "
+                                 "control= (one depth map per frame)")
+            ctl = EditControl(self.controlnet, control, num_frames=n, frame_size=frames.shape[1:3],
+                              schedule=self.schedule, steps=steps, conditioning_scale=controlnet_scale,
+                              guess_mode=guess_mode, start=control_start, end=control_end,
+                              inversion=control_inversion)
+            inv_pred, pred = ctl.wrap(pred)
         flt = filter if filter is not None else BilateralFilterConfig.none()
         if flt.mode == "features" and flt.feature_paths is None:
             flt = dataclasses.replace(flt, feature_paths=default_feature_paths(self.unet))
@@ -288,20 +307,27 @@ class Editor:
         bar = tqdm(total=len(chunks) * phases, desc="edit", unit="pass", disable=not progress,
                    dynamic_ncols=True, file=sys.stderr)
         t1 = time.perf_counter()
+        merged = contextlib.ExitStack()
+        if merge:  # ungated, at this edit's ratio; the exact base kernels come back in finally
+            merged.enter_context(merged_lora(self.unet, self.lora, ratio=lora_ratio))
         try:
             for ci, (idx, keep) in enumerate(chunks):
                 x = jnp.asarray(x0[idx])
-                cs, ct, cu = (jnp.asarray(per_frame(c, idx)) for c in (src, tgt, unc))
+                cs, ct, cu, cn = (jnp.asarray(per_frame(c, idx)) for c in (src, tgt, unc, neg))
+                if ctl is not None:
+                    ctl.set_chunk(idx)
                 bar.set_postfix_str(f"chunk {ci + 1}/{len(chunks)}: invert", refresh=False)
-                inv = ddim_invert(pred, x, cs, self.schedule, num_inference_steps=steps,
+                inv = ddim_invert(inv_pred, x, cs, self.schedule, num_inference_steps=steps,
                                   guidance_scale=inv_g, uncond_context=cu if inv_g != 1 else None,
                                   filter=flt)
+                jax.block_until_ready(inv)  # the bar counts finished work, not dispatched work
                 bar.update()
                 bar.set_postfix_str(f"chunk {ci + 1}/{len(chunks)}: sample", refresh=False)
                 ed = ddim_sample(pred, inv, ct, self.schedule, num_inference_steps=steps,
                                  guidance_scale=guidance_scale,
-                                 uncond_context=cu if guidance_scale != 1 else None, eta=eta,
+                                 uncond_context=cn if guidance_scale != 1 else None, eta=eta,
                                  key=jax.random.fold_in(key, ci) if eta > 0 else None)
+                jax.block_until_ready(ed)
                 bar.update()
                 sel, dst = np.asarray(keep), np.asarray(idx)[keep]
                 xT[dst] = np.asarray(inv)[sel]
@@ -309,10 +335,11 @@ class Editor:
                 if reconstruct:
                     bar.set_postfix_str(f"chunk {ci + 1}/{len(chunks)}: reconstruct", refresh=False)
                     r = ddim_sample(pred, inv, cs, self.schedule, num_inference_steps=steps)
-                    rec[dst] = np.asarray(r)[sel]
+                    rec[dst] = np.asarray(r)[sel]  # blocks
                     bar.update()
         finally:
             bar.close()
+            merged.close()
         t_diff = time.perf_counter() - t1
         t2 = time.perf_counter()
         edited = self.decode_latents(out)
@@ -327,37 +354,40 @@ class Editor:
 
 
 def prepare_demo(cfg: EditConfig) -> EditConfig:
-    """Generate the tiny model and the sample clip of the embedded demo (once), and point the
-    config's model / video / outputs at them."""
-    from jaxvedit.data.video import make_sample_video
-    from jaxvedit.models.tiny import make_tiny_model
+    """The embedded demo: the shipped world model and a rendered world clip (a red circle moving
+    right over a striped background, :mod:`jaxvedit.world.demo`); points the config's model,
+    video and outputs at them."""
+    from jaxvedit.world.demo import write_demo_video
+    from jaxvedit.world.models import world_model_path
 
     root = Path(cfg.output_dir)
     root.mkdir(parents=True, exist_ok=True)
-    model_dir, video = root / "tiny-model", root / "sample.mp4"
-    if not (model_dir / "unet" / "config.json").is_file():
-        make_tiny_model(model_dir)
-    if not video.is_file():
-        make_sample_video(video, **DEMO_SAMPLE)
-    _log(f"demo: tiny random model in {model_dir}, generated sample clip {video}")
-    return dataclasses.replace(cfg, model=str(model_dir), video=str(video),
+    video = write_demo_video(root / "source.mp4")
+    model = world_model_path()
+    _log(f"demo: the world model {model}, the rendered clip {video}")
+    return dataclasses.replace(cfg, model=str(model), video=str(video),
                                out=cfg.out or str(root / "edited.mp4"),
                                gif=cfg.gif or str(root / "edited.gif"))
 
 
 def load_source_frames(cfg: EditConfig):
-    """The selected source frames at the working resolution, and the output frame rate."""
+    """The selected source frames at the working size (``cfg.size``), and the output frame rate."""
     from jaxvedit.data.video import read_video, resize_center_crop
 
     video = read_video(cfg.video, start=cfg.start, stop=cfg.stop, stride=cfg.stride,
                        max_frames=cfg.max_frames, fps=cfg.fps)
-    return resize_center_crop(video.frames, cfg.resolution), float(video.fps)
+    size = getattr(cfg, "size", (cfg.resolution, cfg.resolution))
+    return resize_center_crop(video.frames, size), float(video.fps)
 
 
 def edit_video(cfg: EditConfig) -> dict:
     """Run one edit as configured; returns a summary (paths, frame count, fps, timings)."""
     from jaxvedit.data.video import write_frames, write_gif, write_video
 
+    if cfg.method == "lora-edit":
+        from jaxvedit.editing.lora_edit import edit_video_lora_edit
+
+        return edit_video_lora_edit(cfg)
     demo = cfg.is_demo
     if demo:
         cfg = prepare_demo(cfg)
@@ -380,18 +410,57 @@ def edit_video(cfg: EditConfig) -> dict:
             raise FileNotFoundError(f"frames output folder's parent does not exist: {fo.parent} "
                                     f"(writing {fo}); create it first")
     frames, fps = load_source_frames(cfg)
-    _log(f"source: {cfg.video}: {len(frames)} frames at {fps:g} fps, {cfg.resolution}x{cfg.resolution}")
+    (h, w) = cfg.size
+    _log(f"source: {cfg.video}: {len(frames)} frames at {fps:g} fps, {w}x{h}")
+    if cfg.method == "tokenflow":
+        from jaxvedit.editing.tokenflow import check_tokenflow_options
+
+        check_tokenflow_options(len(frames), batch_size=cfg.tokenflow_batch,
+                                keyframe_group=cfg.keyframe_group, pnp_f_t=cfg.pnp_f_t,
+                                pnp_attn_t=cfg.pnp_attn_t, steps=cfg.steps)
     t0 = time.perf_counter()
+    from jaxvedit.editing.controlnet import source_depth
+
+    control = source_depth(cfg, frames)
     editor = Editor(cfg.model, adapter=cfg.adapter, vision_model=cfg.vision_model, dtype=cfg.dtype,
-                    lora_merge=cfg.lora_merge, lora_ratio=cfg.lora_ratio, batch_frames=cfg.batch_frames)
+                    lora_merge=cfg.lora_merge, lora_ratio=cfg.lora_ratio, batch_frames=cfg.batch_frames,
+                    controlnet=cfg.controlnet)
     t_load = time.perf_counter() - t0
-    res = editor.edit(frames, prompt=cfg.prompt, source_prompt=cfg.source_prompt, steps=cfg.steps,
-                      guidance_scale=cfg.guidance_scale, inversion_guidance=cfg.inversion_guidance,
-                      eta=cfg.eta, seed=cfg.seed, filter=filter_config(cfg, editor.unet),
-                      cross_frame=cfg.cross_frame, use_adapter=True, lora_tau=cfg.lora_tau,
-                      lora_ratio=cfg.lora_ratio, progress=cfg.progress)
+    if cfg.method == "tokenflow":
+        from jaxvedit.editing.tokenflow import tokenflow_edit
+
+        if cfg.controlnet:
+            raise ValueError("--controlnet is not supported with --method tokenflow (yet)")
+        res = tokenflow_edit(editor, frames, cfg.source_prompt, cfg.prompt,
+                             negative_prompt=cfg.negative_prompt, steps=cfg.steps,
+                             guidance_scale=cfg.guidance_scale, pnp_f_t=cfg.pnp_f_t,
+                             pnp_attn_t=cfg.pnp_attn_t, batch_size=cfg.tokenflow_batch,
+                             keyframe_group=cfg.keyframe_group, seed=cfg.seed,
+                             filter=filter_config(cfg, editor.unet),
+                             inversion_guidance=cfg.inversion_guidance, use_adapter=True,
+                             lora_tau=cfg.lora_tau, lora_ratio=cfg.lora_ratio, progress=cfg.progress)
+    else:
+        res = editor.edit(frames, prompt=cfg.prompt, source_prompt=cfg.source_prompt, steps=cfg.steps,
+                          guidance_scale=cfg.guidance_scale, inversion_guidance=cfg.inversion_guidance,
+                          eta=cfg.eta, seed=cfg.seed, filter=filter_config(cfg, editor.unet),
+                          cross_frame=cfg.cross_frame, use_adapter=True, lora_tau=cfg.lora_tau,
+                          lora_ratio=cfg.lora_ratio, progress=cfg.progress,
+                          negative_prompt=cfg.negative_prompt, control=control,
+                          controlnet_scale=cfg.controlnet_scale, guess_mode=cfg.guess_mode,
+                          control_start=cfg.control_start, control_end=cfg.control_end,
+                          control_inversion=cfg.control_inversion)
     write_video(out, res.frames, fps)
     written = {"video": str(out)}
+    if cfg.keep_audio:
+        from jaxvedit.data.audio import copy_audio
+
+        src_fps = float(fps) * cfg.stride  # the container's rate (before striding)
+        if copy_audio(cfg.video, out, start=cfg.start / src_fps, duration=len(res.frames) / fps):
+            written["audio"] = "copied from the source"
+    if cfg.preview:
+        from jaxvedit.editing.outputs import preview_path, write_preview_strip
+
+        written["preview"] = str(write_preview_strip(preview_path(out), frames, res.frames))
     if cfg.gif:
         write_gif(cfg.gif, res.frames, min(fps, 50.0))
         written["gif"] = str(cfg.gif)
@@ -399,8 +468,11 @@ def edit_video(cfg: EditConfig) -> dict:
         write_frames(cfg.frames_out, res.frames, overwrite=True)
         written["frames"] = str(cfg.frames_out)
     return {"outputs": written, "frames": int(len(res.frames)), "fps": fps,
-            "resolution": cfg.resolution, "steps": cfg.steps, "filter": cfg.filter,
+            "resolution": cfg.resolution, "size": [w, h], "method": cfg.method,
+            "steps": cfg.steps, "filter": cfg.filter,
             "cross_frame": cfg.cross_frame, "adapter": cfg.adapter,
-            "adapter_parts": sorted(k for k, v in (("lora", editor.lora), ("prompt_tokens", editor.tokens))
-                                    if v is not None),
+            "adapter_notes": editor.adapter_notes, "controlnet": cfg.controlnet, "depth": cfg.depth,
+            "adapter_parts": sorted(k for k, v in (("lora", editor.lora), ("prompt_tokens", editor.tokens),
+                                                   ("text_encoder_lora", editor.text_lora),
+                                                   ("dape", editor.dape)) if v is not None),
             "demo": demo, "timings": {"load_s": t_load, **res.timings}}

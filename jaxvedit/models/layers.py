@@ -7,13 +7,23 @@ in ``self.path`` and passes its output through :func:`jaxvedit.models.hooks.emit
 
 Numerics follow PyTorch: GroupNorm/LayerNorm statistics are computed in float32 whatever the
 compute dtype; GEGLU uses the exact (erf) GELU; attention goes through
-``jax.nn.dot_product_attention`` (XLA on CPU, cuDNN's fused kernel on GPU when asked).
+``jax.nn.dot_product_attention`` (XLA on CPU, cuDNN's fused kernel on GPU when asked). Where no
+fused kernel runs, :func:`attention` processes the queries in chunks once the score matrix would
+exceed a budget (:func:`attention_chunking`), as diffusers' attention slicing, so memory stays
+bounded at any sequence length.
+
+Two per-call contexts let editors change a forward pass without touching the model:
+``_PROJECTION_ADAPTER`` (the attention projections; LoRA, cross-frame attention) and
+:func:`attention_processor` (a whole attention call, as diffusers' attention processors;
+TokenFlow's extended attention and feature propagation, ``jaxvedit/editing/tokenflow.py``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import math
+import os
 from dataclasses import dataclass
 
 import jax
@@ -36,6 +46,11 @@ def _join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
 
+def _child(prefix: str, name: str) -> str:
+    """A child's module path, or "" when the parent has none (pathless modules stay pathless)."""
+    return f"{prefix}.{name}" if prefix else ""
+
+
 def linear(din: int, dout: int, p: Precision, rngs: nnx.Rngs, use_bias: bool = True) -> nnx.Linear:
     return nnx.Linear(din, dout, use_bias=use_bias, dtype=p.dtype, param_dtype=p.param_dtype, rngs=rngs)
 
@@ -48,13 +63,26 @@ def conv(din: int, dout: int, k: int, p: Precision, rngs: nnx.Rngs, stride: int 
                     rngs=rngs)
 
 
+# Per-call norm context (DAPE norm-tuning, ``jaxvedit.adapters.dape``, installs it): a function
+# ``(path, x, normalized) -> output | None`` that replaces the affine part of the norm at module
+# path ``path`` (``normalized`` is the float32 ``(x - mean) / std`` before gamma and beta; None:
+# this norm is not tuned). Absent (the default), norms are the plain ones, bit-identical.
+_NORM_ADAPTER: contextvars.ContextVar = contextvars.ContextVar("jaxvedit_norm_adapter", default=None)
+
+
+def _tuned_norm(path: str, x, normalized):
+    tuned = _NORM_ADAPTER.get()
+    return None if tuned is None or not path else tuned(path, x, normalized)
+
+
 class GroupNorm(nnx.Module):
     """``torch.nn.GroupNorm`` over the last (channel) axis; statistics in float32."""
 
-    def __init__(self, num_groups: int, num_channels: int, eps: float, p: Precision):
+    def __init__(self, num_groups: int, num_channels: int, eps: float, p: Precision, path: str = ""):
         if num_channels % num_groups:
             raise ValueError(f"GroupNorm: {num_channels} channels not divisible into {num_groups} groups")
         self.num_groups, self.eps, self.dtype = num_groups, eps, p.dtype
+        self.path = path
         self.scale = nnx.Param(jnp.ones((num_channels,), p.param_dtype))
         self.bias = nnx.Param(jnp.zeros((num_channels,), p.param_dtype))
 
@@ -65,15 +93,18 @@ class GroupNorm(nnx.Module):
         mean = xf.mean(axis=(1, 3), keepdims=True)
         var = jnp.square(xf - mean).mean(axis=(1, 3), keepdims=True)
         xf = ((xf - mean) * jax.lax.rsqrt(var + self.eps)).reshape(shape)
-        out = xf * self.scale.value.astype(jnp.float32) + self.bias.value.astype(jnp.float32)
+        out = _tuned_norm(self.path, x, xf)
+        if out is None:
+            out = xf * self.scale.value.astype(jnp.float32) + self.bias.value.astype(jnp.float32)
         return out.astype(self.dtype)
 
 
 class LayerNorm(nnx.Module):
     """``torch.nn.LayerNorm`` over the last axis; statistics in float32."""
 
-    def __init__(self, dim: int, eps: float, p: Precision):
+    def __init__(self, dim: int, eps: float, p: Precision, path: str = ""):
         self.eps, self.dtype = eps, p.dtype
+        self.path = path
         self.scale = nnx.Param(jnp.ones((dim,), p.param_dtype))
         self.bias = nnx.Param(jnp.zeros((dim,), p.param_dtype))
 
@@ -82,7 +113,9 @@ class LayerNorm(nnx.Module):
         mean = xf.mean(-1, keepdims=True)
         var = jnp.square(xf - mean).mean(-1, keepdims=True)
         xf = (xf - mean) * jax.lax.rsqrt(var + self.eps)
-        out = xf * self.scale.value.astype(jnp.float32) + self.bias.value.astype(jnp.float32)
+        out = _tuned_norm(self.path, x, xf)
+        if out is None:
+            out = xf * self.scale.value.astype(jnp.float32) + self.bias.value.astype(jnp.float32)
         return out.astype(self.dtype)
 
 
@@ -147,10 +180,10 @@ class ResnetBlock2D(nnx.Module):
                  eps: float, output_scale_factor: float, p: Precision, rngs: nnx.Rngs, path: str = ""):
         self.path = path
         self.output_scale_factor = output_scale_factor
-        self.norm1 = GroupNorm(groups, in_channels, eps, p)
+        self.norm1 = GroupNorm(groups, in_channels, eps, p, path=_child(path, "norm1"))
         self.conv1 = conv(in_channels, out_channels, 3, p, rngs)
         self.time_emb_proj = linear(temb_channels, out_channels, p, rngs) if temb_channels else None
-        self.norm2 = GroupNorm(groups, out_channels, eps, p)
+        self.norm2 = GroupNorm(groups, out_channels, eps, p, path=_child(path, "norm2"))
         self.conv2 = conv(out_channels, out_channels, 3, p, rngs)
         self.conv_shortcut = (conv(in_channels, out_channels, 1, p, rngs)
                               if in_channels != out_channels else None)
@@ -159,7 +192,9 @@ class ResnetBlock2D(nnx.Module):
         h = self.conv1(jax.nn.silu(self.norm1(x)))
         if self.time_emb_proj is not None and temb is not None:
             h = h + self.time_emb_proj(jax.nn.silu(temb))[:, None, None, :]
-        h = self.conv2(jax.nn.silu(self.norm2(h)))
+        # the residual branch before the skip is added: diffusers' ``<path>.conv2`` output (the
+        # feature TokenFlow / plug-and-play inject)
+        h = emit(_join(self.path, "conv2") if self.path else "", self.conv2(jax.nn.silu(self.norm2(h))))
         if self.conv_shortcut is not None:
             x = self.conv_shortcut(x)
         out = (x + h) / self.output_scale_factor if self.output_scale_factor != 1 else x + h
@@ -173,8 +208,12 @@ def choose_attention_implementation(requested: str | None, dtype, head_dim: int)
     dimension it supports (a multiple of 8, at most 128), otherwise XLA's (which materialises the
     score matrix: fine on CPU and for short sequences). ``"cudnn"`` asks for cuDNN but falls back
     to XLA for unsupported head dimensions (SD1.5's 1280-channel blocks have 160), ``"xla"``
-    forces XLA.
+    forces XLA. The environment variable ``JAXVEDIT_ATTENTION`` (``xla`` / ``cudnn``) sets the
+    default for calls that ask for none (for small models with short sequences, such as the
+    world models, a fused kernel's fixed cost per call can dominate).
     """
+    if requested is None:  # a process-wide default, e.g. JAXVEDIT_ATTENTION=xla for small models
+        requested = {"xla": "xla", "cudnn": "cudnn"}.get(os.environ.get("JAXVEDIT_ATTENTION", ""))
     if requested == "xla":
         return "xla"
     fused_ok = (jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
@@ -184,22 +223,68 @@ def choose_attention_implementation(requested: str | None, dtype, head_dim: int)
     return "cudnn" if fused_ok else None
 
 
-def attention(q, k, v, heads: int, implementation: str | None = None):
-    """Multi-head scaled dot-product attention on ``(B, L, heads*D)`` projections."""
+#: Most score-matrix elements (batch x heads x queries x keys) one XLA attention call may
+#: materialise before its queries are chunked (2**26: 256 MiB in float32). ``None``: never chunk.
+_ATTENTION_CHUNK: contextvars.ContextVar = contextvars.ContextVar(
+    "jaxvedit_attention_chunk", default=2 ** 26)
+
+
+@contextlib.contextmanager
+def attention_chunking(max_score_elements: int | None):
+    """Set the score budget of :func:`attention` for the forward passes *traced* inside this
+    context (it is read while tracing: a compiled function keeps the budget it was traced
+    with). ``None`` turns chunking off."""
+    if max_score_elements is not None and int(max_score_elements) < 1:
+        raise ValueError(f"max_score_elements must be >= 1 or None, got {max_score_elements}")
+    token = _ATTENTION_CHUNK.set(None if max_score_elements is None else int(max_score_elements))
+    try:
+        yield
+    finally:
+        _ATTENTION_CHUNK.reset(token)
+
+
+def attention(q, k, v, heads: int, implementation: str | None = None, *,
+              kv_length: int | jax.Array | None = None):
+    """Multi-head scaled dot-product attention on ``(B, L, heads*D)`` projections.
+
+    ``kv_length``: only the first ``kv_length`` keys / values count (the rest are padding).
+    Without a fused kernel, XLA materialises the ``(B, heads, Lq, Lk)`` scores; above the budget
+    of :func:`attention_chunking` the queries go through in chunks (one ``lax.map``, each chunk
+    rematerialised in a backward pass), which gives the same output to float rounding: every
+    query's softmax still runs over all its keys.
+    """
     b, lq, inner = q.shape
+    lk = k.shape[1]
     d = inner // heads
     q = q.reshape(b, lq, heads, d)
-    k = k.reshape(b, k.shape[1], heads, d)
+    k = k.reshape(b, lk, heads, d)
     v = v.reshape(b, v.shape[1], heads, d)
     impl = choose_attention_implementation(implementation, q.dtype, d)
-    out = jax.nn.dot_product_attention(q, k, v, scale=d ** -0.5, implementation=impl)
+    kwargs = {}
+    if kv_length is not None:
+        kwargs["key_value_seq_lengths"] = jnp.broadcast_to(jnp.asarray(kv_length, jnp.int32), (b,))
+
+    def run(qc):
+        return jax.nn.dot_product_attention(qc, k, v, scale=d ** -0.5, implementation=impl, **kwargs)
+
+    budget = _ATTENTION_CHUNK.get()
+    if impl == "cudnn" or budget is None or b * heads * lq * lk <= budget:
+        out = run(q)
+    else:
+        chunk = max(1, budget // (b * heads * lk))
+        n = -(-lq // chunk)
+        qp = jnp.pad(q, ((0, 0), (0, n * chunk - lq), (0, 0), (0, 0)))
+        qs = qp.reshape(b, n, chunk, heads, d).swapaxes(0, 1)  # (n, B, chunk, heads, D)
+        out = jax.lax.map(jax.checkpoint(run), qs).swapaxes(0, 1).reshape(b, n * chunk, heads, d)
+        out = out[:, :lq]
     return out.reshape(b, lq, inner)
 
 
-# Per-call adapter context for the attention projections (``jaxvedit.adapters`` installs it):
-# a function ``(path, x, base_output) -> output`` where ``path`` is the projection's diffusers
-# module path (``...attn1.to_q``, ``...attn1.to_out.0``). Absent (the default), the projections
-# are plain linears, bit-identical to a model without adapters.
+# Per-call adapter context for the attention projections and the other linears of the
+# transformer blocks (``jaxvedit.adapters`` installs it): a function ``(path, x, base_output) ->
+# output`` where ``path`` is the layer's diffusers module path (``...attn1.to_q``,
+# ``...attn1.to_out.0``, ``...ff.net.2``, ``...proj_in``; the CLIP encoders' ``...q_proj``).
+# Absent (the default), the layers are plain linears, bit-identical to a model without adapters.
 _PROJECTION_ADAPTER: contextvars.ContextVar = contextvars.ContextVar(
     "jaxvedit_projection_adapter", default=None)
 
@@ -208,6 +293,26 @@ def _project(layer, x, path: str):
     y = layer(x)
     adapter = _PROJECTION_ADAPTER.get()
     return y if adapter is None else adapter(path, x, y)
+
+
+# Per-call attention processor (diffusers' ``attn.processor``): a function
+# ``(attention_module, x, context) -> output or None``. It gets every ``Attention`` call of the
+# forward pass; returning ``None`` leaves that call to the default computation.
+_ATTENTION_PROCESSOR: contextvars.ContextVar = contextvars.ContextVar(
+    "jaxvedit_attention_processor", default=None)
+
+
+@contextlib.contextmanager
+def attention_processor(fn):
+    """During forward passes traced inside this context, every :class:`Attention` call first
+    asks ``fn(module, x, context)``; a non-``None`` result replaces the call's output (before
+    the module's feature hook). Processors use ``module.qkv`` / ``module.out`` (which apply an
+    active projection adapter such as a LoRA) and :func:`attention`."""
+    token = _ATTENTION_PROCESSOR.set(fn)
+    try:
+        yield
+    finally:
+        _ATTENTION_PROCESSOR.reset(token)
 
 
 class Attention(nnx.Module):
@@ -228,13 +333,30 @@ class Attention(nnx.Module):
         self.attention_implementation = p.attention_implementation
         self.residual_connection = residual_connection
         self.rescale_output_factor = rescale_output_factor
-        self.group_norm = GroupNorm(norm_num_groups, query_dim, eps, p) if norm_num_groups else None
+        self.group_norm = (GroupNorm(norm_num_groups, query_dim, eps, p, path=_child(path, "group_norm"))
+                           if norm_num_groups else None)
         self.to_q = linear(query_dim, inner, p, rngs, use_bias=bias)
         self.to_k = linear(kv_dim, inner, p, rngs, use_bias=bias)
         self.to_v = linear(kv_dim, inner, p, rngs, use_bias=bias)
         self.to_out = nnx.List([linear(inner, query_dim, p, rngs, use_bias=out_bias)])
 
+    def qkv(self, x, context=None):
+        """The query, key and value projections (with any active projection adapter)."""
+        context = x if context is None else context
+        return (_project(self.to_q, x, _join(self.path, "to_q")),
+                _project(self.to_k, context, _join(self.path, "to_k")),
+                _project(self.to_v, context, _join(self.path, "to_v")))
+
+    def out(self, h):
+        """The output projection ``to_out.0`` (with any active projection adapter)."""
+        return _project(self.to_out[0], h, _join(self.path, "to_out.0"))
+
     def __call__(self, x, context=None):
+        processor = _ATTENTION_PROCESSOR.get()
+        if processor is not None:
+            h = processor(self, x, context)
+            if h is not None:
+                return emit(self.path, h)
         residual = x
         image_shape = None
         if x.ndim == 4:
@@ -242,12 +364,8 @@ class Attention(nnx.Module):
             x = x.reshape(x.shape[0], -1, x.shape[-1])
         if self.group_norm is not None:
             x = self.group_norm(x)
-        context = x if context is None else context
-        h = attention(_project(self.to_q, x, _join(self.path, "to_q")),
-                      _project(self.to_k, context, _join(self.path, "to_k")),
-                      _project(self.to_v, context, _join(self.path, "to_v")),
-                      self.heads, self.attention_implementation)
-        h = _project(self.to_out[0], h, _join(self.path, "to_out.0"))
+        h = attention(*self.qkv(x, context), self.heads, self.attention_implementation)
+        h = self.out(h)
         if image_shape is not None:
             h = h.reshape(image_shape)
         if self.residual_connection:
@@ -258,11 +376,12 @@ class Attention(nnx.Module):
 
 
 class GEGLU(nnx.Module):
-    def __init__(self, dim_in: int, dim_out: int, p: Precision, rngs: nnx.Rngs):
+    def __init__(self, dim_in: int, dim_out: int, p: Precision, rngs: nnx.Rngs, path: str = ""):
+        self.path = path
         self.proj = linear(dim_in, dim_out * 2, p, rngs)
 
     def __call__(self, x):
-        hidden, gate = jnp.split(self.proj(x), 2, axis=-1)
+        hidden, gate = jnp.split(_project(self.proj, x, _join(self.path, "proj")), 2, axis=-1)
         return hidden * jax.nn.gelu(gate, approximate=False)  # exact GELU, as torch's default
 
 
@@ -274,14 +393,28 @@ class Identity(nnx.Module):
 
 
 class FeedForward(nnx.Module):
-    def __init__(self, dim: int, p: Precision, rngs: nnx.Rngs, mult: int = 4):
+    def __init__(self, dim: int, p: Precision, rngs: nnx.Rngs, mult: int = 4, path: str = ""):
         inner = dim * mult
-        self.net = nnx.List([GEGLU(dim, inner, p, rngs), Identity(), linear(inner, dim, p, rngs)])
+        self.path = path
+        self.net = nnx.List([GEGLU(dim, inner, p, rngs, path=_join(path, "net.0")), Identity(),
+                             linear(inner, dim, p, rngs)])
 
     def __call__(self, x):
-        for layer in self.net:
-            x = layer(x)
-        return x
+        x = self.net[1](self.net[0](x))
+        return _project(self.net[2], x, _join(self.path, "net.2"))
+
+
+# Per-call transformer-block context (the DAPE vision adapter installs it): a function
+# ``(path, site, x, grid) -> x`` applied to the residual stream of the block at module path
+# ``path`` after the self-attention residual (``site="attn1"``) and after the feed-forward
+# residual (``site="ff"``); ``grid`` is the token layout ``(H, W)``. Absent (the default), the
+# block is the plain one, bit-identical.
+_BLOCK_ADAPTER: contextvars.ContextVar = contextvars.ContextVar("jaxvedit_block_adapter", default=None)
+
+
+def _adapt_block(path: str, site: str, x, grid):
+    adapter = _BLOCK_ADAPTER.get()
+    return x if adapter is None or not path else adapter(path, site, x, grid)
 
 
 class BasicTransformerBlock(nnx.Module):
@@ -289,20 +422,24 @@ class BasicTransformerBlock(nnx.Module):
                  p: Precision, rngs: nnx.Rngs, path: str = "", only_cross_attention: bool = False):
         self.path = path
         self.only_cross_attention = only_cross_attention
-        self.norm1 = LayerNorm(dim, 1e-5, p)
+        self.norm1 = LayerNorm(dim, 1e-5, p, path=_child(path, "norm1"))
         self.attn1 = Attention(dim, heads, dim_head, p, rngs,
                                cross_attention_dim=cross_attention_dim if only_cross_attention else None,
                                path=_join(path, "attn1"))
-        self.norm2 = LayerNorm(dim, 1e-5, p)
+        self.norm2 = LayerNorm(dim, 1e-5, p, path=_child(path, "norm2"))
         self.attn2 = Attention(dim, heads, dim_head, p, rngs, cross_attention_dim=cross_attention_dim,
                                path=_join(path, "attn2"))
-        self.norm3 = LayerNorm(dim, 1e-5, p)
-        self.ff = FeedForward(dim, p, rngs)
+        self.norm3 = LayerNorm(dim, 1e-5, p, path=_child(path, "norm3"))
+        self.ff = FeedForward(dim, p, rngs, path=_join(path, "ff"))
 
-    def __call__(self, x, context):
+    def __call__(self, x, context, grid: tuple[int, int] | None = None):
+        """``x (B, N, C)`` tokens; ``grid``: their ``(H, W)`` layout (``N = H * W``), for a block
+        adapter that works on the token grid."""
         x = self.attn1(self.norm1(x), context if self.only_cross_attention else None) + x
+        x = _adapt_block(self.path, "attn1", x, grid)
         x = self.attn2(self.norm2(x), context) + x
         x = self.ff(self.norm3(x)) + x
+        x = _adapt_block(self.path, "ff", x, grid)
         return emit(self.path, x)
 
 
@@ -315,7 +452,7 @@ class Transformer2DModel(nnx.Module):
         inner = heads * dim_head
         self.path = path
         self.use_linear_projection = use_linear_projection
-        self.norm = GroupNorm(norm_num_groups, in_channels, 1e-6, p)
+        self.norm = GroupNorm(norm_num_groups, in_channels, 1e-6, p, path=_child(path, "norm"))
         if use_linear_projection:
             self.proj_in = linear(in_channels, inner, p, rngs)
             self.proj_out = linear(inner, in_channels, p, rngs)
@@ -333,15 +470,16 @@ class Transformer2DModel(nnx.Module):
         b, h, w, _ = x.shape
         residual = x
         x = self.norm(x)
+        proj_in, proj_out = _join(self.path, "proj_in"), _join(self.path, "proj_out")
         if self.use_linear_projection:
-            x = self.proj_in(x.reshape(b, h * w, -1))
-        else:
-            x = self.proj_in(x)
+            x = _project(self.proj_in, x.reshape(b, h * w, -1), proj_in)
+        else:  # 1x1 convolution: a linear on channels, adapted as one
+            x = _project(self.proj_in, x, proj_in)
             x = x.reshape(b, h * w, -1)
         for block in self.transformer_blocks:
-            x = block(x, context)
+            x = block(x, context, grid=(h, w))
         if self.use_linear_projection:
-            x = self.proj_out(x).reshape(b, h, w, -1)
+            x = _project(self.proj_out, x, proj_out).reshape(b, h, w, -1)
         else:
-            x = self.proj_out(x.reshape(b, h, w, -1))
+            x = _project(self.proj_out, x.reshape(b, h, w, -1), proj_out)
         return emit(self.path, x + residual)

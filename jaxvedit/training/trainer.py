@@ -22,12 +22,11 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from jaxvedit.adapters import (LoRAConfig, PromptTokenConfig, PromptTokens, adapter_optimizer,
+from jaxvedit.adapters import (PRESETS, LoRAConfig, PromptTokenConfig, PromptTokens, adapter_optimizer,
                                apply_lora, drop_text_condition, init_adapter_training,
                                make_adapter_train_step, save_adapter)
 from jaxvedit.cli import config_to_dict
 from jaxvedit.data.dataset import ClipDataset, Encoders
-from jaxvedit.data.video import make_sample_dataset
 from jaxvedit.diffusion.ddim import add_noise
 from jaxvedit.diffusion.schedules import NoiseSchedule
 from jaxvedit.losses.total import LossConfig, total_loss
@@ -38,11 +37,13 @@ from jaxvedit.training.logging import MetricsLog, ProgressBar
 
 
 class AdapterModel(nnx.Module):
-    """What training updates: ``unet`` (a LoRA-wrapped UNet) and its prompt ``tokens``."""
+    """What training updates: ``unet`` (a LoRA-wrapped UNet) and its prompt ``tokens``; an
+    optional frozen ``controlnet`` adds its residuals (its weights are no ``AdapterParam``)."""
 
-    def __init__(self, unet, tokens: PromptTokens | None):
+    def __init__(self, unet, tokens: PromptTokens | None, controlnet=None):
         self.unet = unet
         self.tokens = tokens
+        self.controlnet = controlnet
 
 
 # ----------------------------------------------------------------------------------------------
@@ -54,18 +55,14 @@ def _log(msg: str) -> None:
 
 
 def prepare_demo(cfg: TrainConfig) -> TrainConfig:
-    """Generate the tiny model and the sample dataset of the embedded demo (once)."""
-    from jaxvedit.models.tiny import make_tiny_model
+    """The embedded demo: the shipped world model and 12 rendered world videos (once)."""
+    from jaxvedit.world.demo import write_demo_dataset
+    from jaxvedit.world.models import world_model_path
 
-    root = Path(cfg.output_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    model_dir, data_dir = root / "tiny-model", root / "sample-data"
-    if not (model_dir / "unet" / "config.json").is_file():
-        make_tiny_model(model_dir)
-    if not (data_dir / "captions.jsonl").is_file():
-        make_sample_dataset(data_dir, n_videos=3, frames=8, size=cfg.resolution)
-    _log(f"demo: tiny random model in {model_dir}, generated sample clips in {data_dir}")
-    return dataclasses.replace(cfg, model=str(model_dir), data=str(data_dir))
+    data_dir = write_demo_dataset(Path(cfg.output_dir) / "world-data")
+    model = world_model_path()
+    _log(f"demo: the world model {model}, rendered world videos in {data_dir}")
+    return dataclasses.replace(cfg, model=str(model), data=str(data_dir))
 
 
 def _fingerprint(source: str, extra: dict) -> str:
@@ -78,11 +75,12 @@ def _fingerprint(source: str, extra: dict) -> str:
     return hashlib.sha1(json.dumps([ident, extra], sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _vision_source(cfg: TrainConfig) -> tuple[str, str | None]:
+def _vision_source(cfg: TrainConfig, model_path: Path | None = None) -> tuple[str, str | None]:
     if cfg.vision_model:
         return cfg.vision_model, None
-    if cfg.model and (Path(cfg.model) / "image_encoder" / "config.json").is_file():
-        return cfg.model, "image_encoder"
+    root = model_path if model_path is not None else (Path(cfg.model) if cfg.model else None)
+    if root is not None and (root / "image_encoder" / "config.json").is_file():
+        return str(root), "image_encoder"
     return "openai/clip-vit-base-patch32", None
 
 
@@ -93,35 +91,53 @@ class Components:
         from jaxvedit.models import load_components
         from jaxvedit.models.clip import CLIPVisionModel, load_tokenizer
 
+        from jaxvedit.adapters.records import vision_tower_record
+        from jaxvedit.models.loading import resolve_source
+
         dtype = jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32
-        model_path = Path(cfg.model)
-        comps = load_components(cfg.model, ("unet", "vae", "text_encoder"), dtype=dtype)
+        kind, model_path = resolve_source(cfg.model, ("unet", "vae", "text_encoder", "tokenizer",
+                                                      "scheduler", "image_encoder"))
+        comps = load_components(model_path, ("unet", "vae", "text_encoder"), dtype=dtype)
         self.vae, self.text_encoder = comps["vae"], comps["text_encoder"]
-        tok_root = model_path if model_path.is_dir() else None
+        tok_root = model_path if kind == "folder" else None
         if tok_root is None or not (tok_root / "tokenizer").is_dir():
             raise FileNotFoundError(f"--model {cfg.model}: no tokenizer/ folder (a single-file "
                                     "checkpoint carries none: use a diffusers folder)")
         self.tokenizer = load_tokenizer(tok_root)
-        self.vision = None
+        self.vision = self.vision_record = None
         if cfg.unshared_tokens:
-            src, sub = _vision_source(cfg)
+            src, sub = _vision_source(cfg, model_path)
             self.vision = CLIPVisionModel.from_pretrained(src, subfolder=sub)
+            # the adapter file records the tower (source + fingerprints): edit finds and checks it
+            self.vision_record = vision_tower_record(self.vision, src, sub)
         sched_file = model_path / "scheduler" / "scheduler_config.json"
         self.schedule = NoiseSchedule.from_config(sched_file) if sched_file.is_file() else NoiseSchedule.sd15()
         unet = comps["unet"]
         ctx_dim = unet.config.cross_attention_dim
         ctx_dim = ctx_dim if isinstance(ctx_dim, int) else ctx_dim[0]
         rngs = nnx.Rngs(cfg.seed)
-        lora_unet = apply_lora(unet, LoRAConfig(rank=cfg.lora_rank, alpha=cfg.lora_alpha,
-                                                targets=cfg.lora_targets, tau=cfg.tau), rngs=rngs)
+        targets = cfg.lora_targets
+        targets = targets[0] if len(targets) == 1 and targets[0] in PRESETS else tuple(targets)
+        try:
+            lora_unet = apply_lora(unet, LoRAConfig(rank=cfg.lora_rank, alpha=cfg.lora_alpha,
+                                                    targets=targets, tau=cfg.tau), rngs=rngs)
+        except KeyError as err:
+            raise ValueError(f"--lora-targets: {err.args[0]}") from err
         tokens = None
         if cfg.unshared_tokens or cfg.n_shared_tokens:
             vdim = self.vision.config.hidden_size if self.vision is not None else ctx_dim
             tokens = PromptTokens(PromptTokenConfig(n_share=cfg.n_shared_tokens, vision_dim=vdim,
                                                     context_dim=ctx_dim, pooling=cfg.pooling,
                                                     text_dropout=cfg.text_dropout), rngs=rngs)
-        self.model = AdapterModel(lora_unet, tokens)
-        self.fingerprint = _fingerprint(cfg.model, {"vision": list(_vision_source(cfg))
+        controlnet = None
+        if cfg.controlnet:  # frozen, as the authors' (jaxvedit.training.controlnet)
+            from jaxvedit.models.controlnet import check_controlnet_fits_unet
+            from jaxvedit.models.controlnet_io import load_controlnet
+
+            controlnet = load_controlnet(cfg.controlnet, dtype=dtype)
+            check_controlnet_fits_unet(controlnet, unet)
+        self.model = AdapterModel(lora_unet, tokens, controlnet)
+        self.fingerprint = _fingerprint(cfg.model, {"vision": list(_vision_source(cfg, model_path))
                                                     if cfg.unshared_tokens else None})
         self._text_cache: dict[str, np.ndarray] = {}
         self._encode_text = jax.jit(lambda ids: self.text_encoder(ids).last_hidden_state)
@@ -203,7 +219,16 @@ def make_loss_fn(cfg: TrainConfig, schedule: NoiseSchedule, empty_text: jax.Arra
         else:
             ctx = text
         hooks = FeatureHooks(capture=cfg.feature_taps)
-        eps = model.unet(x_t, flat(tt), ctx, hooks=hooks)
+        extra = {}
+        if model.controlnet is not None:  # depth maps (B, T, H, W, 3), arranged as the latents
+            from jaxvedit.training.controlnet import residual_kwargs
+
+            depth = batch.get("depth")
+            if depth is not None and cfg.temporal_form == "cross_timestep":
+                depth = jnp.concatenate([depth[:, :2], depth[:, :2]], axis=1)
+            extra = residual_kwargs(model.controlnet, x_t, flat(tt), ctx,
+                                    None if depth is None else flat(depth), cfg.controlnet_scale)
+        eps = model.unet(x_t, flat(tt), ctx, hooks=hooks, **extra)
         feats = {k: v.astype(jnp.float32) for k, v in hooks.captured.items()}
         if not feats:
             raise ValueError(f"feature_taps {cfg.feature_taps} matched no UNet module")
@@ -236,6 +261,20 @@ def _devices(cfg: TrainConfig):
     return devs
 
 
+def _depth_fn(cfg: TrainConfig):
+    """``--depth auto``: depth maps computed (and cached with the latents) where none are given."""
+    if cfg.depth != "auto":
+        return None
+    from jaxvedit.models.depth import _fingerprint, compute_depth
+    from jaxvedit.models.depth_anything import resolve_depth_folder
+
+    def depth_fn(frames):
+        return compute_depth(frames, model=cfg.depth_model)
+
+    depth_fn.fingerprint = _fingerprint(resolve_depth_folder(cfg.depth_model))  # in the cache key
+    return depth_fn
+
+
 def train(cfg: TrainConfig) -> dict:
     """Run (or resume) training; returns a summary with the paths written."""
     if cfg.multihost:
@@ -258,7 +297,12 @@ def train(cfg: TrainConfig) -> dict:
     comps = Components(cfg)
     dataset = ClipDataset(cfg.data, encoders=comps.encoders(), frames=cfg.frames,
                           resolution=cfg.resolution, frame_stride=cfg.frame_stride,
-                          max_frames=cfg.max_frames, cache_dir=cfg.cache_dir, seed=cfg.seed, log=_log)
+                          max_frames=cfg.max_frames, cache_dir=cfg.cache_dir, seed=cfg.seed, log=_log,
+                          depth_fn=_depth_fn(cfg))
+    if cfg.controlnet:
+        from jaxvedit.training.controlnet import check_training_depth
+
+        check_training_depth(dataset, cfg.controlnet)
     captions = dataset.captions
     empty_text = jnp.asarray(comps.text_embeddings([""])[0])
     tx = adapter_optimizer(cfg.learning_rate, warmup_steps=cfg.warmup_steps,
@@ -312,6 +356,8 @@ def train(cfg: TrainConfig) -> dict:
                      "text": comps.text_embeddings([captions[i] for i in raw["caption_index"]])}
             if "vision" in raw and cfg.unshared_tokens:
                 batch["vision"] = raw["vision"]
+            if cfg.controlnet:
+                batch["depth"] = raw["depth"]
             batch = jax.device_put(batch, sharded)
             key = jax.random.fold_in(base_key, position)
             loss, aux = state.step(step_fn, batch, key)
@@ -340,10 +386,14 @@ def train(cfg: TrainConfig) -> dict:
     store.wait()
     state.write_back(comps.model)
     adapter_dir = out / "adapter"
+    base = {"base_model": {"source": str(Path(cfg.model).resolve()) if Path(cfg.model).exists()
+                           else cfg.model}}
     save_adapter(adapter_dir / "lora", comps.model.unet.lora,
-                 extra={"trained_steps": position // cfg.accumulate})
+                 extra={"trained_steps": position // cfg.accumulate}, record=base)
     if comps.model.tokens is not None:
-        save_adapter(adapter_dir / "prompt_tokens", comps.model.tokens)
+        save_adapter(adapter_dir / "prompt_tokens", comps.model.tokens,
+                     record={**base, "unshared": bool(cfg.unshared_tokens),
+                             "vision_tower": comps.vision_record})
     summary = {"output_dir": str(out), "steps": position // cfg.accumulate, "interrupted": interrupted,
                "adapter": str(adapter_dir), "metrics": str(out / "metrics.jsonl"),
                "loss_curve": str(out / "loss_curve.png"), "checkpoints": str(out / "checkpoints"),

@@ -1,0 +1,99 @@
+"""ControlNets in training: a ControlNet trained by filter (only its parameters move, the UNet
+stays frozen, from a ``from_unet`` start), and adapter training with a frozen ControlNet and
+``--depth auto`` through ``python -m jaxvedit.train``."""
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxvedit.training.config import DEMO_OVERRIDES, TrainConfig
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    from jaxvedit.models.tiny_controlnet import make_tiny_controlnet, make_tiny_depth_model
+    from jaxvedit.training.trainer import prepare_demo
+
+    root = tmp_path_factory.mktemp("cn_train")
+    cfg = TrainConfig(**{**DEMO_OVERRIDES, "output_dir": str(root / "base"), "progress": False})
+    cfg = prepare_demo(cfg)
+    return cfg, make_tiny_controlnet(root / "cn"), make_tiny_depth_model(root / "depth"), root
+
+
+def test_train_controlnet_updates_only_the_controlnet():
+    from jaxvedit.models.controlnet import ControlNetParam, controlnet_from_unet
+    from jaxvedit.training.controlnet import array_batches, init_controlnet_training, train_controlnet
+
+    from jaxvedit.models.tiny import random_torch_state_dict
+    from jaxvedit.models.unet import UNet2DConditionModel
+    from jaxvedit.models.weights import load_torch_state_dict
+
+    # a one-level UNet (the smallest graph: the compile dominates this test)
+    ucfg = {"block_out_channels": [32], "layers_per_block": 1, "down_block_types":
+            ["CrossAttnDownBlock2D"], "up_block_types": ["CrossAttnUpBlock2D"],
+            "cross_attention_dim": 32, "attention_head_dim": 4, "norm_num_groups": 8}
+    unet = nnx.eval_shape(lambda: UNet2DConditionModel(ucfg))
+    load_torch_state_dict(unet, random_torch_state_dict(lambda: UNet2DConditionModel(ucfg), 0))
+    cn = controlnet_from_unet(unet, conditioning_embedding_out_channels=(8, 16, 16, 16))
+    before_unet = jax.tree.map(np.asarray, nnx.state(unet, nnx.Param))
+    before_cn = jax.tree.map(np.asarray, nnx.state(cn, nnx.Param))
+    rng = np.random.default_rng(0)
+    lat = rng.standard_normal((4, 8, 8, 4)).astype(np.float32)
+    text = rng.standard_normal((4, 7, 32)).astype(np.float32)
+    cond = rng.integers(0, 256, (4, 64, 64, 3)).astype(np.uint8)
+    _, state = init_controlnet_training(unet, cn)
+    n_cn = len(jax.tree.leaves(nnx.state(cn, ControlNetParam)))
+    assert len(jax.tree.leaves(state.params)) == n_cn  # the filter selects the ControlNet
+    assert not any(isinstance(v, ControlNetParam) for v in
+                   jax.tree.leaves(state.frozen, is_leaf=lambda x: isinstance(x, nnx.Variable)))
+    hist = train_controlnet(unet, cn, array_batches(lat, text, cond, 2), steps=3,
+                            tx=__import__("optax").adam(1e-3))
+    assert len(hist["losses"]) == 3 and np.isfinite(hist["losses"]).all()
+    after_unet = jax.tree.map(np.asarray, nnx.state(unet, nnx.Param))
+    for a, b in zip(jax.tree.leaves(before_unet), jax.tree.leaves(after_unet)):
+        np.testing.assert_array_equal(a, b)  # frozen
+    moved = [float(np.abs(a - b).max()) for a, b in
+             zip(jax.tree.leaves(before_cn), jax.tree.leaves(nnx.state(cn, nnx.Param)))]
+    assert sum(m > 0 for m in moved) > 0.9 * len(moved)  # the ControlNet trains (zero convs too)
+    assert np.abs(np.asarray(cn.controlnet_mid_block.kernel.value)).max() > 0
+
+
+def test_adapter_training_with_frozen_controlnet_and_auto_depth(demo):
+    from jaxvedit.training.trainer import train
+
+    cfg, cn_dir, depth_dir, root = demo
+    run = dataclasses.replace(cfg, output_dir=str(root / "run"), steps=1, accumulate=1,
+                              controlnet=str(cn_dir), depth="auto", depth_model=str(depth_dir),
+                              cache_dir=str(root / "cache"), unshared_tokens=False)
+    summary = train(run)
+    assert summary["steps"] == 1 and np.isfinite(summary["last_loss"])
+    # the depth maps were computed and cached with the latents
+    from jaxvedit.data.dataset import ClipDataset, Encoders
+    from jaxvedit.training.trainer import _depth_fn, _fingerprint
+
+    def never(frames):  # everything must come from the cache now
+        raise AssertionError("re-encoded")
+
+    never.fingerprint = _depth_fn(run).fingerprint
+    enc = Encoders(never, None, _fingerprint(run.model, {"vision": None}))
+    ds = ClipDataset(run.data, encoders=enc, frames=run.frames, resolution=run.resolution,
+                     max_frames=run.max_frames, cache_dir=run.cache_dir, depth_fn=never,
+                     log=lambda m: None)
+    assert all(v.depth is not None and v.depth.shape[:3] == (len(v.latents), 64, 64) for v in ds.videos)
+    batch = ds.batch(0, 2)
+    assert batch["depth"].shape == (2, run.frames, 64, 64, 3) and batch["depth"].dtype == np.uint8
+
+
+def test_controlnet_training_without_depth_maps_is_named():
+    from types import SimpleNamespace
+
+    from jaxvedit.training.controlnet import check_training_depth
+
+    videos = [SimpleNamespace(record=SimpleNamespace(path=p), depth=d)
+              for p, d in (("a.mp4", np.zeros(1)), ("b.mp4", None))]
+    ds = SimpleNamespace(videos=videos, depth_problems={"b.mp4": "3 depth map(s) for 8 video frame(s)"})
+    with pytest.raises(ValueError, match=r"needs a depth map per frame.*b\.mp4.*3 depth map\(s\) for 8"):
+        check_training_depth(ds, "cn")
