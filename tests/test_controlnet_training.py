@@ -9,17 +9,14 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxvedit.training.config import DEMO_OVERRIDES, TrainConfig
+from tiny_training import tiny_config
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     from jaxvedit.models.tiny_controlnet import make_tiny_controlnet, make_tiny_depth_model
-    from jaxvedit.training.trainer import prepare_demo
-
     root = tmp_path_factory.mktemp("cn_train")
-    cfg = TrainConfig(**{**DEMO_OVERRIDES, "output_dir": str(root / "base"), "progress": False})
-    cfg = prepare_demo(cfg)
+    cfg = tiny_config(root / "base")
     return cfg, make_tiny_controlnet(root / "cn"), make_tiny_depth_model(root / "depth"), root
 
 

@@ -333,7 +333,7 @@ def run_bench(cfg: BenchConfig) -> dict:
                                for r in old["rows"].values()):
             raise ValueError(f"--append: {out / 'results.json'} holds another run ({same}, its "
                              f"videos' seeds), not {want}")
-        results = {k: v for k, v in old["rows"].items() if k in rows}
+        results = dict(old["rows"])  # every row of the file stays; only the missing ones run
         for r in results.values():  # re-summarise with this version's summary
             r["summary"] = summarise(r["edits"])
             r.setdefault("device", "not recorded")
