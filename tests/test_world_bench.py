@@ -14,8 +14,8 @@ from jaxvedit.world.render import render
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("world-bench")
-    cfg = BenchConfig(suite="world-mini", rows=("source (no edit)", "oracle (exact)", "oracle through the VAE", "plain",
-                                                "adapter"),
+    cfg = BenchConfig(suite="world-mini", rows=("source (no edit)", "oracle (exact)", "oracle through the VAE",
+                                                "plain", "adapter", "symmetric-latent"),
                       output_dir=str(out), progress=False, workers=1)
     return out, run_bench(cfg)
 
@@ -27,11 +27,19 @@ def test_table_comes_from_the_run(report):
     assert (out / "results.md").read_text() == results_markdown(rep)
     for kind in ("colour", "shape", "background"):
         assert (out / f"strip_{kind}.png").is_file()
-    assert len(list((out / "videos").glob("*.mp4"))) == 5
+    assert len(list((out / "videos").glob("*.mp4"))) == 6
     for name, row in rep["rows"].items():
         assert len(row["edits"]) == 2 * 3
         # the summary is the mean of the per-edit scores the run produced
         assert row["summary"]["psnr"] == pytest.approx(np.mean([e["psnr"] for e in row["edits"]]))
+
+
+def test_symmetric_row_filters_the_inversion(report):
+    # the symmetric fixed-guide filter (docs/theory.md) changes the inversion, hence the edits
+    _, rep = report
+    sym = [e["psnr"] for e in rep["rows"]["symmetric-latent"]["edits"]]
+    plain = [e["psnr"] for e in rep["rows"]["plain"]["edits"]]
+    assert all(np.isfinite(sym)) and not np.allclose(sym, plain, rtol=0, atol=1e-3)
 
 
 def test_reference_rows_score_as_defined(report):

@@ -114,16 +114,19 @@ class EditConfig:
                             "the first frame is carried in every chunk", "sampling")
 
     # bilateral filter of the inversion
-    filter: Literal["none", "latent", "features"] = opt(
-        "latent", "bilateral filter during inversion: none, latent (paper, eq. 9-12) or features "
-        "(authors' code: along frames on up-block self-attention outputs)", "filter")
-    filter_radius: int = opt(2, "latent filter: window radius (latent pixels)", "filter")
+    filter: Literal["none", "latent", "features", "symmetric"] = opt(
+        "latent", "bilateral filter during inversion: none, latent (paper, eq. 9-12), features "
+        "(authors' code: along frames on up-block self-attention outputs) or symmetric (weights "
+        "from the source latent, Sinkhorn-normalised: non-expansive, docs/theory.md)", "filter")
+    filter_radius: int = opt(2, "latent / symmetric filter: window radius (latent pixels)", "filter")
     filter_sigma_spatial: float = opt(1.0, "spatial sigma (latent pixels / frames)", "filter")
     filter_sigma_range: float | None = opt(None, "range sigma (default 0.1 latent, 1.0 features)",
                                            "filter")
     filter_range_mode: Literal["absolute", "relative"] = opt(
-        "absolute", "latent filter: range sigma absolute or relative to each channel's std", "filter")
-    filter_window: Literal["square", "disk"] = opt("square", "latent filter window", "filter")
+        "absolute", "latent / symmetric filter: range sigma absolute or relative to each channel's "
+        "std", "filter")
+    filter_window: Literal["square", "disk"] = opt("square", "latent / symmetric filter window",
+                                                   "filter")
     filter_kernel_size: int = opt(5, "features filter: odd kernel size along frames", "filter")
     filter_paths: tuple[str, ...] = opt((), "features filter: UNet module paths / patterns "
                                         "(default: the last up block's attn1)", "filter")

@@ -59,6 +59,12 @@ def filter_config(cfg: EditConfig, unet=None) -> BilateralFilterConfig:
         return BilateralFilterConfig.latent(radius=cfg.filter_radius, sigma_spatial=cfg.filter_sigma_spatial,
                                             sigma_range=cfg.filter_sigma_range,
                                             range_mode=cfg.filter_range_mode, window=cfg.filter_window)
+    if cfg.filter == "symmetric":
+        return BilateralFilterConfig.symmetric(radius=cfg.filter_radius,
+                                               sigma_spatial=cfg.filter_sigma_spatial,
+                                               sigma_range=cfg.filter_sigma_range,
+                                               range_mode=cfg.filter_range_mode,
+                                               window=cfg.filter_window)
     paths = tuple(cfg.filter_paths) or default_feature_paths(unet)
     return BilateralFilterConfig.features(kernel_size=cfg.filter_kernel_size,
                                           sigma_spatial=cfg.filter_sigma_spatial,

@@ -38,7 +38,7 @@ class Method:
     """A built-in row: inversion + CFG sampling with these options."""
 
     adapter: bool = False
-    filter: str = "none"  # none / latent / features
+    filter: str = "none"  # none / latent / features / symmetric
     cross_frame: bool = False
     dape: bool = False  # DAPE (norm-tuning + vision adapter, --dape)
 
@@ -47,6 +47,8 @@ METHODS: dict[str, Method] = {
     "plain": Method(),
     "bilateral-latent": Method(filter="latent"),
     "bilateral-features": Method(filter="features"),
+    # the symmetric doubly stochastic fixed-guide filter (docs/theory.md), bilateral-latent's settings
+    "symmetric-latent": Method(filter="symmetric"),
     "cross-frame": Method(cross_frame=True),
     "adapter": Method(adapter=True),
     "adapter+latent": Method(adapter=True, filter="latent"),
@@ -175,6 +177,8 @@ def run_method(ctx: BenchContext, method: Method, sources: np.ndarray, src_promp
                          dape=ctx.dape if method.dape else None)
     if method.filter == "latent":
         flt = BilateralFilterConfig.latent()
+    elif method.filter == "symmetric":
+        flt = BilateralFilterConfig.symmetric()  # guide: the source latents x_0 of each frame
     elif method.filter == "features":
         from jaxvedit.diffusion import default_feature_paths
 
