@@ -64,7 +64,7 @@ import numpy as np
 from jaxvedit.models.single_file_config import (SD15_TEXT_ENCODER_CONFIG, SD15_UNET_CONFIG,  # noqa: F401 (re-exported)
                                                SD15_VAE_CONFIG, SD15_VAE_SCALING_FACTOR,
                                                TEXT_ENCODER_PREFIX, UNET_PREFIX, VAE_PREFIX,
-                                               _VAE_PREFIXES, _count_indices, _merge, _need,
+                                               _VAE_PREFIXES, _count_indices, _need,
                                                _strip_prefix, infer_text_encoder_config,
                                                infer_unet_config, infer_vae_config)
 from jaxvedit.models.weights import WeightLoadError, _listing, read_safetensors

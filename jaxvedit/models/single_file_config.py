@@ -258,6 +258,8 @@ def infer_text_encoder_config(state: Mapping[str, np.ndarray], override: Mapping
     Heads cannot be read from shapes: ``hidden_size // 64`` (12 for SD1.x's ViT-L/14 tower).
     """
     if any(k.startswith(TEXT_ENCODER_PREFIX) for k in state):
+        from jaxvedit.models.single_file import convert_ldm_text_encoder  # the LDM layout first
+
         state = convert_ldm_text_encoder(state)
     w = "text encoder"
     tok = _need(state, "text_model.embeddings.token_embedding.weight", w)

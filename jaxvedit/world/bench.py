@@ -13,14 +13,13 @@ shared by its three edits.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable
 
 import numpy as np
 
