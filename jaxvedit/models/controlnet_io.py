@@ -32,6 +32,7 @@ from flax import nnx
 
 from jaxvedit.models.config import read_config
 from jaxvedit.models.controlnet import ControlNetConfig, ControlNetModel
+from jaxvedit.models.single_file_config import infer_down_path
 from jaxvedit.models.single_file import (SD15_UNET_CONFIG, _count_indices, _convert, _need,
                                          _wb, ldm_unet_key_map, read_single_file)
 from jaxvedit.models.weights import (WeightLoadError, load_torch_state_dict,
@@ -97,21 +98,7 @@ def infer_controlnet_config(state: Mapping[str, np.ndarray], override: Mapping |
     Heads, norm groups/eps come from SD1.5 (they are not in the shapes)."""
     _, cn, _ = _controlnet_tensors(state)
     w = "ControlNet"
-    n_in = _count_indices(cn, "input_blocks.")
-    downsamplers = [k for k in cn if re.fullmatch(r"input_blocks\.\d+\.0\.op\.weight", k)]
-    n_blocks = len(downsamplers) + 1
-    if n_in % n_blocks:
-        raise WeightLoadError(f"cannot infer the ControlNet config: {n_in} input blocks do not split "
-                              f"into {n_blocks} levels")
-    layers = n_in // n_blocks - 1
-    channels, types, depth = [], [], []
-    for b in range(n_blocks):
-        i = 1 + b * (layers + 1)
-        channels.append(int(_need(cn, f"input_blocks.{i}.0.out_layers.3.weight", w).shape[0]))
-        attn = f"input_blocks.{i}.1.proj_in.weight" in cn
-        types.append("CrossAttnDownBlock2D" if attn else "DownBlock2D")
-        if attn:
-            depth.append(_count_indices(cn, f"input_blocks.{i}.1.transformer_blocks."))
+    n_blocks, layers, channels, types, depth = infer_down_path(cn, w)
     if "middle_block.1.proj_in.weight" in cn:
         depth.append(_count_indices(cn, "middle_block.1.transformer_blocks."))
     hint = sorted(int(m.group(1)) for k in cn

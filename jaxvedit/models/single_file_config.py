@@ -140,6 +140,27 @@ def _merge(base: dict, inferred: dict, override: Mapping | None) -> dict:
     return config
 
 
+def infer_down_path(state: Mapping[str, np.ndarray], what: str):
+    """``(levels, layers per level, channels, down block types, transformer depths)`` of an LDM
+    ``input_blocks.*`` down path (a UNet's or a ControlNet's), from its tensors' shapes."""
+    n_in = _count_indices(state, "input_blocks.")
+    downsamplers = [k for k in state if re.fullmatch(r"input_blocks\.\d+\.0\.op\.weight", k)]
+    n_blocks = len(downsamplers) + 1
+    if n_in % n_blocks:
+        raise WeightLoadError(f"cannot infer the {what} config: {n_in} input blocks do not split "
+                              f"into {n_blocks} levels")
+    layers = n_in // n_blocks - 1
+    channels, types, depth = [], [], []
+    for b in range(n_blocks):
+        i = 1 + b * (layers + 1)
+        channels.append(int(_need(state, f"input_blocks.{i}.0.out_layers.3.weight", what).shape[0]))
+        attn = f"input_blocks.{i}.1.proj_in.weight" in state
+        types.append("CrossAttnDownBlock2D" if attn else "DownBlock2D")
+        if attn:
+            depth.append(_count_indices(state, f"input_blocks.{i}.1.transformer_blocks."))
+    return n_blocks, layers, channels, types, depth
+
+
 def infer_unet_config(state: Mapping[str, np.ndarray], override: Mapping | None = None) -> dict:
     """A diffusers UNet config from the LDM UNet tensors' shapes (``override`` wins).
 
@@ -155,22 +176,7 @@ def infer_unet_config(state: Mapping[str, np.ndarray], override: Mapping | None 
     w = "UNet"
     conv_in = _need(unet, "input_blocks.0.0.weight", w)
     conv_out = _need(unet, "out.2.weight", w)
-    n_in = _count_indices(unet, "input_blocks.")
-    downsamplers = sorted(int(k.split(".")[1]) for k in unet
-                          if re.fullmatch(r"input_blocks\.\d+\.0\.op\.weight", k))
-    n_blocks = len(downsamplers) + 1
-    if n_in % n_blocks:
-        raise WeightLoadError(f"cannot infer the UNet config: {n_in} input blocks do not split "
-                              f"into {n_blocks} levels")
-    layers = n_in // n_blocks - 1
-    channels, down_types, depth = [], [], []
-    for b in range(n_blocks):
-        i = 1 + b * (layers + 1)
-        channels.append(int(_need(unet, f"input_blocks.{i}.0.out_layers.3.weight", w).shape[0]))
-        has_attn = f"input_blocks.{i}.1.proj_in.weight" in unet
-        down_types.append("CrossAttnDownBlock2D" if has_attn else "DownBlock2D")
-        if has_attn:
-            depth.append(_count_indices(unet, f"input_blocks.{i}.1.transformer_blocks."))
+    n_blocks, layers, channels, down_types, depth = infer_down_path(unet, w)
     n_out = _count_indices(unet, "output_blocks.")
     if n_out != n_blocks * (layers + 1):
         raise WeightLoadError(f"cannot infer the UNet config: {n_out} output blocks, expected "
