@@ -414,6 +414,7 @@ def tokenflow_edit(editor, frames: np.ndarray, source_prompt: str, prompt: str, 
         if merge:  # ungated, at this edit's ratio; the exact base kernels come back in finally
             stack.enter_context(merged_lora(editor.unet, editor.lora, ratio=lora_ratio))
         rng = np.random.default_rng(seed)
+        split = nnx.split(pred)  # once: the weights do not change during the sampling
         x = traj[steps].copy()  # x_T
         step_s = []
         for i in range(steps):
@@ -421,7 +422,7 @@ def tokenflow_edit(editor, frames: np.ndarray, source_prompt: str, prompt: str, 
             x = tokenflow_step(pred, schedule, steps, i, x, traj[steps - i], ctxs,
                                draw_pivots(rng, t_frames, batch_size), guidance_scale=guidance_scale,
                                batch_size=batch_size, keyframe_group=keyframe_group, pnp_f_t=pnp_f_t,
-                               pnp_attn_t=pnp_attn_t,
+                               pnp_attn_t=pnp_attn_t, split=split,
                                on_group=lambda gi, i=i: (bar.set_postfix_str(
                                    f"step {i + 1}/{steps}, group {gi + 1}/{groups}", refresh=False),
                                    bar.update()))
@@ -464,7 +465,7 @@ def _no_previous(graphdef, state, spec: _Spec, args, scal):
 def tokenflow_step(predictor, schedule, steps: int, i: int, x: np.ndarray, src: np.ndarray,
                    contexts, pivots, *, guidance_scale: float = 7.5, batch_size: int = 8,
                    keyframe_group: int = 8, pnp_f_t: float = 0.8, pnp_attn_t: float = 0.5,
-                   conv_paths=None, attn_paths=None, on_group=None) -> np.ndarray:
+                   conv_paths=None, attn_paths=None, on_group=None, split=None) -> np.ndarray:
     """Sampling step ``i`` of ``steps`` (timestep ``schedule.timesteps(steps)[i]``) of every frame.
 
     ``predictor``: an NNX noise predictor with the UNet's call signature and ``hooks`` (e.g.
@@ -473,7 +474,9 @@ def tokenflow_step(predictor, schedule, steps: int, i: int, x: np.ndarray, src: 
     arrays); ``contexts``: one ``(T or 1, L, D)`` context per branch, ``[source, negative,
     target]`` (or ``[source, target]``: no guidance); ``pivots (ceil(T / batch_size),)``: the
     keyframe of each batch (global frame indices, :func:`draw_pivots`). ``on_group(g)`` is
-    called after each keyframe group has finished on the device. Returns the stepped latents.
+    called after each keyframe group has finished on the device. ``split``: ``nnx.split(predictor)``
+    when the caller has it (a loop over the steps splits once, not every step). Returns the
+    stepped latents.
     """
     t_frames = len(x)
     branches = len(contexts)
@@ -481,7 +484,7 @@ def tokenflow_step(predictor, schedule, steps: int, i: int, x: np.ndarray, src: 
         raise ValueError(f"contexts: [source, target] or [source, negative, target], got {branches}")
     unet = getattr(predictor, "unet", predictor)
     groups, g = keyframe_groups(t_frames, batch_size, keyframe_group)
-    graphdef, state = nnx.split(predictor)
+    graphdef, state = split if split is not None else nnx.split(predictor)
     spec = _Spec(branches=branches, group=g, batch=batch_size,
                  conv_paths=tuple(conv_paths or default_conv_paths(unet)),
                  attn_paths=tuple(attn_paths if attn_paths is not None else default_attn_paths(unet)),

@@ -191,8 +191,11 @@ def load_controlnet(source: str | os.PathLike, *, config: Mapping | None = None,
                     attention_implementation: str | None = None) -> ControlNetModel:
     """A :class:`ControlNetModel` from a diffusers folder, a single file or a repo id.
 
-    ``config`` replaces the folder's config / the config inferred from a single file."""
-    path = Path(source).expanduser()
+    ``config`` replaces the folder's config / the config inferred from a single file.
+    ``"world-depth"``: the shipped world depth ControlNet."""
+    from jaxvedit.world.models import expand_model_alias
+
+    path = Path(expand_model_alias(str(source))).expanduser()
     kw = dict(dtype=dtype, param_dtype=param_dtype, attention_implementation=attention_implementation)
     if path.is_file():
         cfg, sd, skipped = convert_ldm_controlnet(read_single_file(path), config)

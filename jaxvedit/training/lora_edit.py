@@ -160,6 +160,22 @@ def _loss_fn(schedule: NoiseSchedule, cross_frame: bool):
     return loss_fn
 
 
+_STEPS: dict = {}
+
+
+def _train_step(state, schedule: NoiseSchedule, cfg: LoRAEditTrainConfig):
+    """The compiled step, shared by every video trained with the same model structure, optimizer
+    settings and schedule (one compilation for a benchmark of many videos, not one each)."""
+    opt_fields = (cfg.learning_rate, cfg.b1, cfg.b2, cfg.weight_decay, cfg.warmup_steps, cfg.clip_norm)
+    key = (state.graphdef, opt_fields, cfg.cross_frame, id(schedule))
+    hit = _STEPS.get(key)
+    if hit is None or hit[0] is not schedule:
+        if len(_STEPS) > 8:
+            _STEPS.clear()
+        hit = _STEPS[key] = (schedule, make_adapter_train_step(_loss_fn(schedule, cfg.cross_frame), state))
+    return hit[1]
+
+
 def _batch(data: LoRAEditData, idx: list[int], context) -> dict:
     idx = np.asarray(idx)
     ctx = np.broadcast_to(np.asarray(context, np.float32)[None], (len(idx),) + np.shape(context))
@@ -183,7 +199,7 @@ def train_lora_edit(unet, data: LoRAEditData, config: LoRAEditTrainConfig | None
         lora = LoRA(unet, cfg.lora_config(), rngs=nnx.Rngs(cfg.seed))
     model = LoRAUNet(unet, lora)
     state = init_adapter_training(model, cfg.optimizer(), wrt=LoRAParam)
-    step = make_adapter_train_step(_loss_fn(schedule, cfg.cross_frame), state)
+    step = _train_step(state, schedule, cfg)
     n = len(data.latents)
     plan = [-1] * cfg.train_steps
     n_app = len(data.appearance)

@@ -40,6 +40,7 @@ class Method:
     filter: str = "none"  # none / latent / features / symmetric
     cross_frame: bool = False
     dape: bool = False  # DAPE (norm-tuning + vision adapter, --dape)
+    controlnet: bool = False  # the world depth ControlNet on the source's ground-truth depth
 
 
 METHODS: dict[str, Method] = {
@@ -56,7 +57,12 @@ METHODS: dict[str, Method] = {
     "adapter+latent+cross-frame": Method(adapter=True, filter="latent", cross_frame=True),
     "dape": Method(dape=True),
     "dape+latent": Method(dape=True, filter="latent"),
+    "controlnet": Method(controlnet=True),
+    "adapter+controlnet": Method(adapter=True, controlnet=True),
 }
+# rows of other edit methods (one video and edit at a time): TokenFlow, LoRA-Edit
+from jaxvedit.world.bench_rows import HOST_ROWS, RowBatch  # noqa: E402
+
 # reference rows: the unedited source (the floor), the exact oracle target (the judge's ceiling:
 # an occluded subject's shape cannot always be told) and the oracle through the VAE (the best a
 # latent editor can do)
@@ -82,7 +88,7 @@ class BenchConfig:
     suite: str = opt("world", "suite: world (24 videos x 3 edits, 16 frames, 50 steps) or "
                      "world-mini (2 x 3, 8 frames, 10 steps: CI)", "suite")
     rows: tuple[str, ...] = opt((), "methods to run (default: all that apply); built-in: " +
-                                ", ".join(METHODS), "suite")
+                                ", ".join([*METHODS, *HOST_ROWS]), "suite")
     videos: int = opt(0, "override the suite's number of videos (0: the suite's)", "suite")
     steps: int = opt(0, "override the suite's DDIM steps (0: the suite's)", "suite")
     guidance_scale: float = opt(7.5, "classifier-free guidance scale", "edit")
@@ -91,6 +97,11 @@ class BenchConfig:
                               "the shipped world adapter, if any)", "model")
     dape: str | None = opt(None, "DAPE adapter (<run>/adapter or its dape/ folder) for the dape rows "
                            "(default: the shipped world DAPE adapter, if any)", "model")
+    controlnet: str | None = opt(None, "depth ControlNet for the controlnet rows (default: the "
+                                 "shipped world depth ControlNet, if any)", "model")
+    inpaint_model: str | None = opt(None, "inpainting pipeline for the lora-edit row (default: the "
+                                    "shipped world inpainting UNet, if any)", "model")
+    lora_edit_steps: int = opt(100, "LoRA-Edit training steps per video and edit (paper: 100)", "model")
     lora_tau: float = opt(0.9, "LoRA timestep gate at inference", "model")
     lora_ratio: float = opt(0.5, "LoRA ratio at inference", "model")
     batch_videos: int = opt(0, "videos per UNet batch (0: all; the three edits of a video are "
@@ -98,19 +109,24 @@ class BenchConfig:
     workers: int = opt(0, "scoring processes (0: one per CPU core, at most 16)", "run")
     output_dir: str = opt("runs/world-bench", "where results, strips and videos go", "run")
     progress: bool = opt(True, "show progress", "run")
+    merge: tuple[str, ...] = opt((), "results.json files of runs of the same suite and settings (e.g. "
+                                 "rows run on separate machines): write their union of rows to "
+                                 "<output-dir>/results.json and results.md, editing nothing", "run")
     append: bool = opt(False, "keep the rows already in <output-dir>/results.json (same suite and "
                        "settings) and run only the missing ones", "run")
 
     def __post_init__(self):
         if self.suite not in SUITES:
             raise ValueError(f"unknown suite {self.suite!r}; choose from {list(SUITES)}")
-        known = set(METHODS) | set(EXTERNAL) | set(REFERENCE_ROWS)
+        known = set(METHODS) | set(HOST_ROWS) | set(EXTERNAL) | set(REFERENCE_ROWS)
         bad = [r for r in self.rows if r not in known]
         if bad:
             raise ValueError(f"unknown row(s) {bad}; choose from {sorted(known)}")
         for name in ("videos", "steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
+        if self.lora_edit_steps < 0:
+            raise ValueError("lora_edit_steps must be >= 0")
         if self.batch_videos < 0 or self.workers < 0:
             raise ValueError("batch_videos and workers must be >= 0")
 
@@ -132,12 +148,22 @@ class BenchContext:
     """The loaded world pipeline and what the rows share."""
 
     def __init__(self, cfg: BenchConfig, model_path: Path, adapter: str | None,
-                 dape: str | None = None):
+                 dape: str | None = None, controlnet: str | None = None,
+                 inpaint_model: str | None = None):
         from jaxvedit.editing.pipeline import Editor
 
         self.cfg = cfg
         self.editor = Editor(str(model_path), adapter=adapter, batch_frames=64)
         self.has_adapter = adapter is not None
+        self.controlnet = None
+        if controlnet is not None:
+            from jaxvedit.models.controlnet import check_controlnet_fits_unet
+            from jaxvedit.models.controlnet_io import load_controlnet
+
+            self.controlnet = load_controlnet(controlnet)
+            check_controlnet_fits_unet(self.controlnet, self.editor.unet)
+        self.inpaint_model = inpaint_model
+        self._inpaint_editor = None
         self.dape = None
         if dape is not None:
             from jaxvedit.adapters import load_adapter
@@ -148,6 +174,16 @@ class BenchContext:
                 raise ValueError(f"--dape {dape}: no DAPE adapter there (expected a dape/ folder)")
             self.dape = load_adapter(parts["dape"], self.editor.unet)
 
+    def inpaint_editor(self):
+        """The inpainting pipeline's editor (loaded on first use)."""
+        if self._inpaint_editor is None:
+            from jaxvedit.editing.pipeline import Editor
+
+            if self.inpaint_model is None:
+                raise ValueError("the lora-edit row needs an inpainting pipeline: give --inpaint-model")
+            self._inpaint_editor = Editor(str(self.inpaint_model), batch_frames=64)
+        return self._inpaint_editor
+
     def contexts(self, frames: np.ndarray, prompts: list[str], tokens: bool) -> list[np.ndarray]:
         """Per prompt, the ``(T, L, D)`` context of each frame of ``frames``."""
         ctx = self.editor.contexts(frames, prompts, tokens)
@@ -155,9 +191,10 @@ class BenchContext:
 
 
 def run_method(ctx: BenchContext, method: Method, sources: np.ndarray, src_prompts, tgt_prompts,
-               steps: int, guidance: float) -> np.ndarray:
+               steps: int, guidance: float, control: list | None = None) -> np.ndarray:
     """Built-in rows on a batch of videos: ``(N, 3, T, H, W, 3)`` uint8. One inversion of the
-    sources, then one sampling run for the three edits of every video together."""
+    sources, then one sampling run for the three edits of every video together. ``control``:
+    per video its ``(T, H, W)`` depth maps in [0, 1] (the controlnet rows)."""
     import jax.numpy as jnp
 
     from jaxvedit.diffusion import BilateralFilterConfig, ddim_invert, ddim_sample
@@ -184,13 +221,23 @@ def run_method(ctx: BenchContext, method: Method, sources: np.ndarray, src_promp
         flt = BilateralFilterConfig.features(feature_paths=default_feature_paths(ed.unet), video_frames=t)
     else:
         flt = BilateralFilterConfig.none()
-    inv = ddim_invert(pred, jnp.asarray(x0), jnp.asarray(stack(0)), ed.schedule,
+    inv_pred = samp_pred = pred
+    if method.controlnet:  # inversion and sampling both see the source's depth (authors' pipeline)
+        from jaxvedit.diffusion.control import ControlNetPredictor
+
+        if control is None:
+            raise ValueError("the controlnet rows need the sources' depth maps")
+        # 8 bits, as the dataset's depth PNGs the ControlNet was trained on
+        depth = np.round(np.clip(np.concatenate(list(control)), 0.0, 1.0) * 255.0) / 255.0
+        inv_pred = ControlNetPredictor(pred, ctx.controlnet, depth)
+        samp_pred = ControlNetPredictor(pred, ctx.controlnet, np.concatenate([depth] * 3))
+    inv = ddim_invert(inv_pred, jnp.asarray(x0), jnp.asarray(stack(0)), ed.schedule,
                       num_inference_steps=steps, filter=flt)
     # the three edits of every video in one batch, edit-major: [colour; shape; background]
     x = jnp.concatenate([inv] * 3)
     tgt = jnp.asarray(np.concatenate([stack(1 + k) for k in range(3)]))
     unc = jnp.asarray(np.concatenate([stack(4)] * 3))
-    z = ddim_sample(pred, x, tgt, ed.schedule, num_inference_steps=steps, guidance_scale=guidance,
+    z = ddim_sample(samp_pred, x, tgt, ed.schedule, num_inference_steps=steps, guidance_scale=guidance,
                     uncond_context=unc if guidance != 1 else None)
     frames = ed.decode_latents(np.asarray(z)).reshape((3,) + sources.shape)
     return np.moveaxis(frames, 0, 1)
@@ -287,7 +334,8 @@ def run_bench(cfg: BenchConfig) -> dict:
 
     import jax
 
-    from jaxvedit.world.models import world_adapter_path, world_model_path
+    from jaxvedit.world.models import (world_adapter_path, world_controlnet_path,
+                                       world_inpaint_path, world_model_path)
     from jaxvedit.world.render import render
 
     n_videos, frames, steps = SUITES[cfg.suite]
@@ -297,27 +345,42 @@ def run_bench(cfg: BenchConfig) -> dict:
     adapter = str(adapter) if adapter else None
     dape = cfg.dape or world_adapter_path(missing_ok=True, kind="dape")
     dape = str(dape) if dape else None
-    rows = list(cfg.rows) or [*REFERENCE_ROWS, *[m for m, meth in METHODS.items()
-                                                 if (adapter or not meth.adapter) and
-                                                 (dape or not meth.dape)], *EXTERNAL]
-    missing = [r for r in rows if METHODS.get(r, Method()).adapter and not adapter]
-    if missing:
-        raise ValueError(f"rows {missing} need an adapter: give --adapter (no shipped world adapter)")
-    missing = [r for r in rows if METHODS.get(r, Method()).dape and not dape]
-    if missing:
-        raise ValueError(f"rows {missing} need a DAPE adapter: give --dape (none shipped)")
+    controlnet = cfg.controlnet or world_controlnet_path(missing_ok=True)
+    controlnet = str(controlnet) if controlnet else None
+    inpaint = cfg.inpaint_model or world_inpaint_path(missing_ok=True)
+    inpaint = str(inpaint) if inpaint else None
+    have = {"adapter": adapter, "dape": dape, "controlnet": controlnet, "inpaint": inpaint}
+
+    def needs(name):
+        if name in HOST_ROWS:
+            return set(HOST_ROWS[name].needs)
+        m = METHODS.get(name, Method())
+        return {k for k in ("adapter", "dape", "controlnet") if getattr(m, k)}
+
+    rows = list(cfg.rows) or [*REFERENCE_ROWS, *[m for m in [*METHODS, *HOST_ROWS]
+                                                 if all(have[k] for k in needs(m))], *EXTERNAL]
+    flags = {"adapter": "--adapter (no shipped world adapter)", "dape": "--dape (none shipped)",
+             "controlnet": "--controlnet (no shipped world depth ControlNet)",
+             "inpaint": "--inpaint-model (no shipped world inpainting UNet)"}
+    for k, how in flags.items():
+        missing = [r for r in rows if k in needs(r) and not have[k]]
+        if missing:
+            raise ValueError(f"rows {missing} need {'an' if k == 'adapter' else 'a'} {k}: give {how}")
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     suite = suite_edits(n_videos, frames)
-    sources = np.stack([render(s).frames for s, _ in suite])
+    truth_src = [render(s) for s, _ in suite]
+    sources = np.stack([r.frames for r in truth_src])
     truth_tgt = [[render(e.target) for e in edits] for _, edits in suite]
     src_prompts = [caption(s) for s, _ in suite]
     tgt_prompts = [[e.target_caption for e in edits] for _, edits in suite]
     _log(f"suite {cfg.suite}: {n_videos} videos x {len(EDIT_KINDS)} edits, {frames} frames, "
          f"{steps} steps ({time.perf_counter() - t0:.1f} s to render)")
-    ctx = BenchContext(cfg, model_path, adapter, dape if any(METHODS.get(r, Method()).dape
-                                                             for r in rows) else None)
+    ctx = BenchContext(cfg, model_path, adapter,
+                       dape if any("dape" in needs(r) for r in rows) else None,
+                       controlnet if any("controlnet" in needs(r) for r in rows) else None,
+                       inpaint if any("inpaint" in needs(r) for r in rows) else None)
     clip = (CLIPVisionModelWithProjection.from_pretrained(model_path, subfolder="image_encoder"),
             CLIPTextModelWithProjection.from_pretrained(model_path, subfolder="text_encoder"),
             load_tokenizer(model_path))
@@ -362,7 +425,16 @@ def run_bench(cfg: BenchConfig) -> dict:
                 sl = slice(b, b + bv)
                 if name in METHODS:
                     parts.append(run_method(ctx, METHODS[name], sources[sl], src_prompts[sl],
-                                            tgt_prompts[sl], steps, cfg.guidance_scale))
+                                            tgt_prompts[sl], steps, cfg.guidance_scale,
+                                            control=[r.depth for r in truth_src[sl]]))
+                elif name in HOST_ROWS:
+                    row = HOST_ROWS[name]
+                    opts = dict(row.options)
+                    if name == "lora-edit":
+                        opts["train_steps"] = cfg.lora_edit_steps
+                    parts.append(row.fn(ctx, RowBatch(sources[sl], src_prompts[sl], tgt_prompts[sl],
+                                                      truth_src[sl], truth_tgt[sl], EDIT_KINDS,
+                                                      steps, cfg.guidance_scale), **opts))
                 else:
                     parts.append(np.asarray(EXTERNAL[name](ctx, sources[sl], src_prompts[sl],
                                                            tgt_prompts[sl], steps=steps,
@@ -398,7 +470,8 @@ def run_bench(cfg: BenchConfig) -> dict:
              f"({elapsed:.1f} s)")
     report = {"suite": cfg.suite, "complete": True, "videos": n_videos, "frames": frames, "steps": steps,
               "guidance_scale": cfg.guidance_scale, "model": str(model_path), "adapter": adapter,
-              "dape": dape,
+              "dape": dape, "controlnet": controlnet, "inpaint_model": inpaint,
+              "lora_edit_steps": cfg.lora_edit_steps,
               "lora_tau": cfg.lora_tau, "lora_ratio": cfg.lora_ratio, "rows": results,
               "seconds": time.perf_counter() - t0}
     write_outputs(out, report, videos, sources, truth_tgt, suite)
@@ -458,10 +531,42 @@ def write_outputs(out: Path, report: dict, videos: dict, sources, truth_tgt, sui
             np.savez_compressed(vids / f"{safe}.npz", frames=grid)
 
 
+SETTINGS = ("suite", "videos", "frames", "steps", "guidance_scale")
+
+
+def merge_results(paths) -> dict:
+    """The union of the rows of several ``results.json`` of one suite and settings (a row in
+    several files: the later file's). Raises when the files hold different runs."""
+    merged = None
+    for p in paths:
+        rep = json.loads(Path(p).read_text())
+        if merged is None:
+            merged = {**rep, "rows": dict(rep["rows"]), "merged_from": [str(p)]}
+            continue
+        a, b = ({k: r.get(k) for k in SETTINGS} for r in (merged, rep))
+        if a != b:
+            raise ValueError(f"--merge: {p} holds another run ({b}) than {merged['merged_from'][0]} ({a})")
+        merged["rows"].update(rep["rows"])
+        merged["merged_from"].append(str(p))
+    if merged is None:
+        raise ValueError("--merge needs at least one results.json")
+    for r in merged["rows"].values():
+        r["summary"] = summarise(r["edits"])
+    return merged
+
+
 def main(argv=None) -> int:
     from jaxvedit.cli import parse_config
 
     cfg = parse_config(BenchConfig, argv, prog="python -m jaxvedit.world.bench")
+    if cfg.merge:
+        report = merge_results(cfg.merge)
+        out = Path(cfg.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.json").write_text(json.dumps(_clean(report), indent=2))
+        (out / "results.md").write_text(results_markdown(report))
+        print(results_markdown(report))
+        return 0
     report = run_bench(cfg)
     print(results_markdown(report))
     print(f"wrote {cfg.output_dir}/results.json, results.md, strip_*.png, videos/", file=sys.stderr)

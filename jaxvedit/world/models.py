@@ -147,14 +147,79 @@ def write_pipeline(folder: str | os.PathLike, *, unet, unet_cfg, vae, vae_cfg, t
 
 
 MODEL_ALIASES = ("world", WORLD_VERSION)
+INPAINT_ALIASES = ("world-inpaint", f"{WORLD_VERSION}-inpaint")
+CONTROLNET_ALIASES = ("world-depth", f"{WORLD_VERSION}-depth-controlnet")
 
 
 def expand_model_alias(model: str | None) -> str | None:
-    """``"world"`` (or ``"world-v1"``) -> the shipped world pipeline's folder, when no local path
-    of that name exists; anything else unchanged."""
-    if model in MODEL_ALIASES and not Path(model).exists():
+    """``"world"`` (or ``"world-v1"``) -> the shipped world pipeline's folder, ``"world-inpaint"``
+    -> the world inpainting pipeline (:func:`world_inpaint_path`), ``"world-depth"`` -> the world
+    depth ControlNet, when no local path of that name exists; anything else unchanged."""
+    if model is None or Path(model).exists():
+        return model
+    if model in MODEL_ALIASES:
         return str(world_model_path())
+    if model in INPAINT_ALIASES:
+        return str(world_inpaint_path())
+    if model in CONTROLNET_ALIASES:
+        return str(world_controlnet_path())
     return model
+
+
+def world_controlnet_path(version: str = WORLD_VERSION, *, missing_ok: bool = False) -> Path | None:
+    """The shipped world depth ControlNet (a diffusers ``ControlNetModel`` folder), trained with
+    ``python -m jaxvedit.world.train_conditioned`` on the renderer's depth maps."""
+    path = Path(__file__).parent / "pretrained" / f"{version}-depth-controlnet"
+    if not (path / "config.json").is_file():
+        if missing_ok:
+            return None
+        raise FileNotFoundError(f"no world depth ControlNet is shipped in this install ({path}); "
+                                "train one with python -m jaxvedit.world.train_conditioned")
+    return path
+
+
+def world_inpaint_path(version: str = WORLD_VERSION, *, missing_ok: bool = False,
+                       cache_dir: str | os.PathLike | None = None) -> Path | None:
+    """The world inpainting pipeline as a diffusers folder: the shipped inpainting UNet
+    (``<version>-inpaint/unet/``, 9 input channels) with the world pipeline's VAE, text
+    encoder, tokenizer, scheduler and image encoder. The package ships the UNet alone; the
+    folder is assembled once (links to the shipped files, copies where links are not possible)
+    under ``$JAXVEDIT_CACHE`` or ``~/.cache/jaxvedit``."""
+    import shutil
+
+    unet = Path(__file__).parent / "pretrained" / f"{version}-inpaint" / "unet"
+    if not (unet / "config.json").is_file():
+        if missing_ok:
+            return None
+        raise FileNotFoundError(f"no world inpainting UNet is shipped in this install ({unet}); "
+                                "train one with python -m jaxvedit.world.train_conditioned")
+    base = world_model_path(version)
+    if cache_dir is None:
+        env = os.environ.get("JAXVEDIT_CACHE")
+        cache_dir = Path(env) if env else Path(os.environ.get("XDG_CACHE_HOME") or
+                                               Path.home() / ".cache") / "jaxvedit"
+    root = Path(cache_dir) / f"{version}-inpaint"
+    index = json.loads((base / "model_index.json").read_text())
+    index["_class_name"] = "StableDiffusionInpaintPipeline"
+    parts = {"unet": unet, **{p: base / p for p in ("vae", "text_encoder", "tokenizer", "scheduler",
+                                                    "image_encoder")}}
+    stamp = json.dumps({p: [str(src), sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns)
+                                             for f in src.iterdir())] for p, src in parts.items()})
+    if (root / ".source").is_file() and (root / ".source").read_text() == stamp:
+        return root
+    tmp = root.with_name(root.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name, src in parts.items():
+        try:
+            (tmp / name).symlink_to(src.resolve(), target_is_directory=True)
+        except OSError:
+            shutil.copytree(src, tmp / name)
+    (tmp / "model_index.json").write_text(json.dumps(index, indent=2))
+    (tmp / ".source").write_text(stamp)
+    shutil.rmtree(root, ignore_errors=True)
+    os.replace(tmp, root)
+    return root
 
 
 def world_model_path(version: str = WORLD_VERSION) -> Path:

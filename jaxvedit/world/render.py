@@ -237,6 +237,21 @@ def render_frames_batch(arr, t, *, size: int):
     return jax.vmap(one)(arr, t)
 
 
+@functools.partial(jax.jit, static_argnames=("size",))
+def render_maps_batch(arr, t, *, size: int):
+    """Frames ``t (B,)`` of a batch of scenes with their ground truth: ``rgb (B, size, size, 3)``
+    in [0, 1], ``depth (B, size, size)`` in [0, 1] (larger = nearer) and ``visible (B, size,
+    size, K)`` (each object's visible coverage). The ControlNet and inpainting fine-tuning
+    (:mod:`jaxvedit.world.train_conditioned`) render their batches with this."""
+    xy = pixel_centres(size, size)
+
+    def one(a, ti):
+        rgb, depth, _, vis = evaluate_points(a, ti, xy, size)
+        return rgb.reshape(size, size, 3), depth.reshape(size, size), vis.reshape(size, size, -1)
+
+    return jax.vmap(one)(arr, t)
+
+
 def to_uint8(frames) -> np.ndarray:
     return np.clip(np.rint(np.asarray(frames) * 255.0), 0, 255).astype(np.uint8)
 

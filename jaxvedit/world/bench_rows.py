@@ -1,0 +1,116 @@
+"""World-benchmark rows that are not one batched inversion + CFG run: the TokenFlow host
+(:mod:`jaxvedit.editing.tokenflow`, with and without the GE adapter and the latent bilateral
+filter) and LoRA-Edit (:mod:`jaxvedit.editing.lora_edit` on the world inpainting UNet).
+
+Each row edits one video and one edit at a time, as its method does, and returns the same
+``(N, 3, T, H, W, 3)`` uint8 array as the batched rows. The inputs a user of each method gives
+come from the renderer:
+
+* TokenFlow: the source video and the two prompts (no negative prompt: the host's default
+  negative prompt has no words of the world's vocabulary).
+* LoRA-Edit: the mask (1 = keep) from the ground truth -- for a colour or shape edit, every pixel
+  outside the subject's region in the source *and* in the oracle target (amodal, dilated by
+  ``MASK_DILATION`` px) is kept; for a background edit, the objects are kept and the background
+  regenerated (its pixels dilated by the same amount) -- and the edited first frame: the oracle
+  target's frame 0 (the paper's user edits it with an image editor).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+MASK_DILATION = 2  # px at 128 px frames
+
+
+@dataclass(frozen=True)
+class RowBatch:
+    """A batch of suite videos: sources ``(N, T, H, W, 3)`` uint8, their prompts, the target
+    prompts ``[N][3]``, the renders of the sources and of the oracle targets (ground truth)."""
+
+    sources: np.ndarray
+    source_prompts: list
+    target_prompts: list
+    source_truth: list  # [N] Rendered
+    target_truth: list  # [N][3] Rendered
+    kinds: tuple  # the edit kinds, in order
+    steps: int
+    guidance: float
+
+
+@dataclass(frozen=True)
+class HostRow:
+    fn: Callable  # (BenchContext, RowBatch, **options) -> (N, 3, T, H, W, 3) uint8
+    needs: tuple = ()  # of "adapter", "inpaint"
+    options: tuple = ()  # (name, value) pairs passed to fn
+
+
+def _edit_each(batch: RowBatch, one) -> np.ndarray:
+    n = len(batch.sources)
+    return np.stack([[one(i, k) for k in range(len(batch.kinds))] for i in range(n)])
+
+
+def tokenflow_row(ctx, batch: RowBatch, *, adapter: bool = False, filter: str = "none") -> np.ndarray:
+    from jaxvedit.diffusion import BilateralFilterConfig
+    from jaxvedit.editing.tokenflow import tokenflow_edit
+
+    flt = BilateralFilterConfig.latent() if filter == "latent" else None
+    ed = ctx.editor
+    t = batch.sources.shape[1]
+
+    def one(i, k):
+        res = tokenflow_edit(ed, batch.sources[i], batch.source_prompts[i], batch.target_prompts[i][k],
+                             negative_prompt="", steps=batch.steps, guidance_scale=batch.guidance,
+                             batch_size=min(8, t), keyframe_group=8, filter=flt, use_adapter=adapter,
+                             lora_tau=ctx.cfg.lora_tau, lora_ratio=ctx.cfg.lora_ratio, seed=i,
+                             progress=False)
+        return res.frames
+
+    return _edit_each(batch, one)
+
+
+def _dilate(mask: np.ndarray, r: int) -> np.ndarray:
+    """Binary dilation of ``(T, H, W)`` masks by a ``(2 r + 1)`` square."""
+    m = np.pad(np.asarray(mask, bool), ((0, 0), (r, r), (r, r)))
+    h, w = mask.shape[1:]
+    out = np.zeros(mask.shape, bool)
+    for dy in range(2 * r + 1):
+        for dx in range(2 * r + 1):
+            out |= m[:, dy:dy + h, dx:dx + w]
+    return out
+
+
+def lora_edit_keep_mask(source, target, kind: str, dilation: int = MASK_DILATION) -> np.ndarray:
+    """``(T, H, W)`` bool, True = keep: see the module docstring."""
+    if kind == "background":
+        return ~_dilate(source.background_mask, dilation)
+    region = (source.amodal[:, 0] > 0) | (target.amodal[:, 0] > 0)  # object 0: the subject
+    return ~_dilate(region, dilation)
+
+
+def lora_edit_row(ctx, batch: RowBatch, *, train_steps: int = 100) -> np.ndarray:
+    from jaxvedit.editing.lora_edit import lora_edit
+
+    ed = ctx.inpaint_editor()
+
+    def one(i, k):
+        src, tgt = batch.source_truth[i], batch.target_truth[i][k]
+        keep = lora_edit_keep_mask(src, tgt, batch.kinds[k])
+        res = lora_edit(ed, batch.sources[i], batch.source_prompts[i], batch.target_prompts[i][k],
+                        mask=keep, edited_first_frame=tgt.frames[0], steps=batch.steps,
+                        guidance_scale=batch.guidance, seed=i, train_steps=train_steps)
+        return res.frames
+
+    return _edit_each(batch, one)
+
+
+HOST_ROWS: dict[str, HostRow] = {
+    "tokenflow": HostRow(tokenflow_row),
+    "tokenflow+latent": HostRow(tokenflow_row, options=(("filter", "latent"),)),
+    "adapter+tokenflow": HostRow(tokenflow_row, ("adapter",), (("adapter", True),)),
+    "adapter+tokenflow+latent": HostRow(tokenflow_row, ("adapter",),
+                                        (("adapter", True), ("filter", "latent"))),
+    "lora-edit": HostRow(lora_edit_row, ("inpaint",)),
+}
