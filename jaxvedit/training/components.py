@@ -1,36 +1,38 @@
-"""Model assembly for adapter training: the frozen pieces (VAE, text and vision encoders,
+"""Model assembly for adapter training: the frozen pieces (VAE, text encoder, CLIP vision tower,
 tokenizer, noise schedule), the trainable :class:`AdapterModel` (LoRA-wrapped UNet + prompt
-tokens), and the embedded demo's inputs. See ``docs/training.md``."""
+tokens, with the frozen text encoder that the step runs on token ids), checks made at startup,
+and the embedded demo's inputs. See ``docs/training.md``."""
 
 from __future__ import annotations
 
+import collections
 import dataclasses
-import hashlib
-import json
+import fnmatch
 import sys
 from pathlib import Path
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from jaxvedit.adapters import LoRAConfig, PromptTokenConfig, PromptTokens, apply_lora
 from jaxvedit.data.dataset import Encoders
+from jaxvedit.data.encoders import (batched, build_encoders, encoder_fingerprint, jit_split,
+                                    resolve_sources, vision_fingerprint)
 from jaxvedit.data.video import make_sample_dataset
 from jaxvedit.diffusion.schedules import NoiseSchedule
 from jaxvedit.training.config import TrainConfig
 
 
 class AdapterModel(nnx.Module):
-    """What training updates: ``unet`` (a LoRA-wrapped UNet) and its prompt ``tokens``."""
+    """What the training step runs: ``unet`` (a LoRA-wrapped UNet), its prompt ``tokens`` and,
+    optionally, the frozen ``text_encoder`` that turns the batch's token ids into embeddings
+    inside the step. Only the adapters (``AdapterParam``) train."""
 
-    def __init__(self, unet, tokens: PromptTokens | None):
+    def __init__(self, unet, tokens: PromptTokens | None, text_encoder=None):
         self.unet = unet
         self.tokens = tokens
-
-
-
+        self.text_encoder = text_encoder
 
 
 def _log(msg: str) -> None:
@@ -52,97 +54,143 @@ def prepare_demo(cfg: TrainConfig) -> TrainConfig:
     return dataclasses.replace(cfg, model=str(model_dir), data=str(data_dir))
 
 
-def _fingerprint(source: str, extra: dict) -> str:
-    p = Path(source)
-    if p.exists():
-        files = sorted(p.rglob("*.safetensors")) if p.is_dir() else [p]
-        ident = [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
-    else:
-        ident = [source]
-    return hashlib.sha1(json.dumps([ident, extra], sort_keys=True).encode()).hexdigest()[:16]
+def module_paths(module: nnx.Module) -> list[str]:
+    """The module paths (diffusers ``named_modules`` names) a model's feature hooks can tap."""
+    return sorted({node.path for _, node in nnx.iter_graph(module)
+                   if isinstance(node, nnx.Module) and isinstance(getattr(node, "path", None), str)
+                   and node.path})
 
 
-def _vision_source(cfg: TrainConfig) -> tuple[str, str | None]:
-    if cfg.vision_model:
-        return cfg.vision_model, None
-    if cfg.model and (Path(cfg.model) / "image_encoder" / "config.json").is_file():
-        return cfg.model, "image_encoder"
-    return "openai/clip-vit-base-patch32", None
+def check_feature_taps(unet: nnx.Module, patterns) -> None:
+    """Every tap pattern must match at least one UNet module: checked at startup, before any
+    data is read or anything compiled (a typo would otherwise train without a temporal loss)."""
+    paths = module_paths(unet)
+    if not patterns:
+        raise ValueError("feature_taps is empty: the temporal loss needs at least one tapped module")
+    for pattern in patterns:
+        if not any(p == pattern or fnmatch.fnmatchcase(p, pattern) for p in paths):
+            head = pattern.split(".")[0]
+            near = [p for p in paths if p.startswith(head) and p.endswith("attn1")][:4] or paths[:4]
+            raise ValueError(f"feature tap {pattern!r} matches no UNet module (e.g. {near})")
+
+
+def _floating_to(dtype):
+    def cast(x):
+        return x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
+
+    return cast
 
 
 class Components:
-    """The frozen pieces (VAE, text and vision encoders, tokenizer) and the trainable model."""
+    """The frozen pieces and the trainable model, from ``--model`` (folder, hub id or single
+    file with ``--tokenizer``). The UNet is stored in ``--base-dtype`` (bf16 by default); the
+    text encoder is cast to it when the step's state is split (``base_dtype_cast``).
+    ``vision_dim``: width of the CLIP vision states (from the store; read from the vision
+    tower's config when not given)."""
 
-    def __init__(self, cfg: TrainConfig):
+    TEXT_CACHE = 4096  # captions memoised by text_embeddings (an LRU: bounded)
+
+    def __init__(self, cfg: TrainConfig, *, vision_dim: int | None = None):
         from jaxvedit.models import load_components
-        from jaxvedit.models.clip import CLIPVisionModel, load_tokenizer
+        from jaxvedit.models.clip import load_clip_config, load_tokenizer
+        from jaxvedit.models.loading import component_folder, resolve_source
 
-        dtype = jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32
-        model_path = Path(cfg.model)
-        comps = load_components(cfg.model, ("unet", "vae", "text_encoder"), dtype=dtype)
+        self.cfg = cfg
+        self.dtype = jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32
+        self.base_dtype = jnp.bfloat16 if cfg.base_dtype == "bfloat16" else jnp.float32
+        kind, root = resolve_source(cfg.model, ("unet", "vae", "text_encoder", "tokenizer"))
+        if kind == "folder":
+            component_folder(root, "unet")  # a folder without a UNet: say so first
+        self.sources = src = resolve_sources(cfg.model, tokenizer=cfg.tokenizer,
+                                             vision_model=cfg.vision_model,
+                                             need_vision=cfg.unshared_tokens)
+        unet = load_components(src.root, ("unet",), dtype=self.dtype, param_dtype=self.base_dtype)["unet"]
+        check_feature_taps(unet, cfg.feature_taps)
+        unet.remat = bool(cfg.remat)
+        comps = load_components(src.root, ("vae", "text_encoder"), dtype=self.dtype)
         self.vae, self.text_encoder = comps["vae"], comps["text_encoder"]
-        tok_root = model_path if model_path.is_dir() else None
-        if tok_root is None or not (tok_root / "tokenizer").is_dir():
-            raise FileNotFoundError(f"--model {cfg.model}: no tokenizer/ folder (a single-file "
-                                    "checkpoint carries none: use a diffusers folder)")
-        self.tokenizer = load_tokenizer(tok_root)
-        self.vision = None
-        if cfg.unshared_tokens:
-            src, sub = _vision_source(cfg)
-            self.vision = CLIPVisionModel.from_pretrained(src, subfolder=sub)
-        sched_file = model_path / "scheduler" / "scheduler_config.json"
-        self.schedule = NoiseSchedule.from_config(sched_file) if sched_file.is_file() else NoiseSchedule.sd15()
-        unet = comps["unet"]
+        self.tokenizer = load_tokenizer(src.tokenizer, subfolder=None)
+        self.token_length = min(int(self.tokenizer.model_max_length),
+                                int(self.text_encoder.config.max_position_embeddings))
+        self._vision = None
+        self.schedule = (NoiseSchedule.from_config(src.scheduler) if src.scheduler is not None
+                         else NoiseSchedule.sd15())
         ctx_dim = unet.config.cross_attention_dim
         ctx_dim = ctx_dim if isinstance(ctx_dim, int) else ctx_dim[0]
+        if cfg.unshared_tokens and vision_dim is None:
+            folder = src.vision_folder()
+            vision_dim = load_clip_config(folder / "config.json", "vision").hidden_size
         rngs = nnx.Rngs(cfg.seed)
         lora_unet = apply_lora(unet, LoRAConfig(rank=cfg.lora_rank, alpha=cfg.lora_alpha,
                                                 targets=cfg.lora_targets, tau=cfg.tau), rngs=rngs)
         tokens = None
         if cfg.unshared_tokens or cfg.n_shared_tokens:
-            vdim = self.vision.config.hidden_size if self.vision is not None else ctx_dim
+            vdim = vision_dim if cfg.unshared_tokens else ctx_dim
             tokens = PromptTokens(PromptTokenConfig(n_share=cfg.n_shared_tokens, vision_dim=vdim,
                                                     context_dim=ctx_dim, pooling=cfg.pooling,
                                                     text_dropout=cfg.text_dropout), rngs=rngs)
-        self.model = AdapterModel(lora_unet, tokens)
-        self.fingerprint = _fingerprint(cfg.model, {"vision": list(_vision_source(cfg))
-                                                    if cfg.unshared_tokens else None})
-        self._text_cache: dict[str, np.ndarray] = {}
-        self._encode_text = jax.jit(lambda ids: self.text_encoder(ids).last_hidden_state)
+        self.model = AdapterModel(lora_unet, tokens, self.text_encoder)
+        self.fingerprint = encoder_fingerprint(src)
+        self.vision_fingerprint = vision_fingerprint(src) if cfg.unshared_tokens else None
+        self._text_cache: collections.OrderedDict[str, np.ndarray] = collections.OrderedDict()
+        self._encode_text = None  # jitted on first use (over the text encoder's state then)
+
+    @property
+    def base_dtype_cast(self):
+        """Cast for the frozen state: floating leaves to ``--base-dtype``."""
+        return _floating_to(self.base_dtype)
+
+    @property
+    def vision(self):
+        """The CLIP vision tower (loaded on first use: training reads its states from the store)."""
+        if self._vision is None and self.sources.vision is not None:
+            from jaxvedit.models.clip import CLIPVisionModel
+
+            self._vision = CLIPVisionModel.from_pretrained(*self.sources.vision, dtype=self.dtype)
+        return self._vision
+
+    def store_encoders(self, batch: int = 16):
+        """The encoders ``prepare`` runs, on this run's already-loaded VAE and vision tower."""
+        return build_encoders(self.sources, dtype=self.cfg.dtype, resolution=self.cfg.resolution,
+                              batch=batch, vae=self.vae, vision_tower=self.vision,
+                              tokenizer=self.tokenizer, model_name=str(self.cfg.model))
 
     def encoders(self, batch: int = 8) -> Encoders:
+        """Per-frame encoders for the in-memory :class:`~jaxvedit.data.dataset.ClipDataset`."""
         from jaxvedit.data.video import to_model_range
         from jaxvedit.metrics import clip_preprocess
 
-        vae = self.vae
-        enc = jax.jit(lambda x: vae.encode_to_latents(x))
+        enc = jit_split(self.vae, lambda m, x: m.encode_to_latents(x))
 
         def latents(frames):
-            x = to_model_range(frames)
-            return np.concatenate([np.asarray(enc(jnp.asarray(x[i:i + batch])))
-                                   for i in range(0, len(x), batch)])
+            return batched(enc, to_model_range(frames), batch).astype(np.float32)
 
-        vision_fn = None  # no unshared tokens: nothing to encode
-        if self.vision is not None:
+        vision_fn = None
+        if self.cfg.unshared_tokens:
             vis = self.vision
-            size = vis.config.image_size
-            run = jax.jit(lambda x: vis(x).last_hidden_state)
+            run = jit_split(vis, lambda m, x: m(x).last_hidden_state)
 
             def vision_fn(frames):
-                x = clip_preprocess(frames, size)
-                return np.concatenate([np.asarray(run(jnp.asarray(x[i:i + batch])))
-                                       for i in range(0, len(x), batch)])
+                return batched(run, clip_preprocess(frames, vis.config.image_size), batch).astype(np.float32)
 
-        return Encoders(latents, vision_fn, self.fingerprint)
+        return Encoders(latents, vision_fn, f"{self.fingerprint}/{self.vision_fingerprint}")
 
-    def text_embeddings(self, captions: list[str]) -> np.ndarray:
+    def token_ids(self, captions: list[str]) -> np.ndarray:
         from jaxvedit.models.clip import tokenize
 
+        return tokenize(self.tokenizer, captions, max_length=self.token_length)
+
+    def text_embeddings(self, captions: list[str]) -> np.ndarray:
+        """Text-encoder embeddings ``(N, L, D)`` float32 (memoised in a bounded LRU)."""
         missing = [c for c in dict.fromkeys(captions) if c not in self._text_cache]
         if missing:
-            ids = tokenize(self.tokenizer, missing)
-            emb = np.asarray(self._encode_text(jnp.asarray(ids)), np.float32)
+            if self._encode_text is None:
+                self._encode_text = jit_split(self.text_encoder, lambda m, ids: m(ids).last_hidden_state)
+            emb = np.asarray(self._encode_text(jnp.asarray(self.token_ids(missing))), np.float32)
             self._text_cache.update(zip(missing, emb))
-        return np.stack([self._text_cache[c] for c in captions])
-
-
+        out = np.stack([self._text_cache[c] for c in captions])
+        for c in captions:
+            self._text_cache.move_to_end(c)
+        while len(self._text_cache) > self.TEXT_CACHE:
+            self._text_cache.popitem(last=False)
+        return out

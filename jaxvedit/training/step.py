@@ -18,14 +18,22 @@ from jaxvedit.training.config import TrainConfig
 
 
 
-def make_loss_fn(cfg: TrainConfig, schedule: NoiseSchedule, empty_text: jax.Array):
+def make_loss_fn(cfg: TrainConfig, schedule: NoiseSchedule, empty_text: jax.Array | None = None, *,
+                 empty_ids=None):
+    """``loss_fn(model, batch, key) -> (loss, parts)`` for one micro-batch.
+
+    ``batch``: ``latents (B, T, h, w, C)``; the caption as ``token_ids (B, L)`` int32, encoded
+    here by ``model.text_encoder`` (the empty prompt's ids ``empty_ids (L,)`` give the dropout
+    embedding), or as precomputed embeddings ``text (B, L, D)`` (with ``empty_text (L, D)``);
+    ``vision (B, T, N, Dv)`` CLIP vision states for the unshared tokens.
+    """
     loss_cfg = LossConfig(w_diff=cfg.diffusion_weight, lambda_temporal=cfg.temporal_weight,
                           tau=cfg.tau, num_train_timesteps=schedule.num_train_timesteps,
                           temporal_form=cfg.temporal_form, temporal_mode=cfg.temporal_mode)
     n_train = schedule.num_train_timesteps
 
     def loss_fn(model: AdapterModel, batch, key):
-        lat = batch["latents"]  # (B, T, h, w, C)
+        lat = batch["latents"].astype(jnp.float32)  # (B, T, h, w, C), stored bf16 or f32
         b, t_frames = lat.shape[:2]
         k_t, k_noise, k_drop, k_t2 = jax.random.split(key, 4)
         t = jax.random.randint(k_t, (b,), 0, n_train)  # one timestep per clip
@@ -40,10 +48,23 @@ def make_loss_fn(cfg: TrainConfig, schedule: NoiseSchedule, empty_text: jax.Arra
         noise = jax.random.normal(k_noise, lat.shape, jnp.float32)
         flat = lambda a: a.reshape((b * t_frames,) + a.shape[2:])
         x_t = add_noise(schedule, flat(lat), flat(noise), flat(tt))
-        text = jnp.repeat(batch["text"], t_frames, axis=0)  # (B*T, L, D)
-        text = drop_text_condition(k_drop, text, empty_text, cfg.text_dropout, group_size=t_frames)
+        if "token_ids" in batch:  # the frozen text encoder runs here, on the batch's ids
+            if model.text_encoder is None or empty_ids is None:
+                raise ValueError("a batch of token_ids needs model.text_encoder and empty_ids")
+
+            def encode(ids):
+                out = model.text_encoder(ids).last_hidden_state.astype(jnp.float32)
+                return jax.lax.stop_gradient(out)
+
+            caption = encode(batch["token_ids"])
+            empty = encode(jnp.asarray(empty_ids, jnp.int32)[None])[0]
+        else:
+            caption, empty = batch["text"], empty_text
+        text = jnp.repeat(caption, t_frames, axis=0)  # (B*T, L, D)
+        text = drop_text_condition(k_drop, text, empty, cfg.text_dropout, group_size=t_frames)
         if model.tokens is not None:
             vision = batch.get("vision")
+            vision = None if vision is None else vision.astype(jnp.float32)
             if cfg.unshared_tokens:
                 if cfg.temporal_form == "cross_timestep":
                     vision = jnp.concatenate([vision[:, :2], vision[:, :2]], axis=1)
