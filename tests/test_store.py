@@ -164,3 +164,16 @@ def test_loader_is_pure_in_seed_and_position_and_splits_by_rows(dataset, tmp_pat
         for i, g in enumerate(got):
             np.testing.assert_array_equal(g["latents"], full[7 + i]["latents"])
             np.testing.assert_array_equal(g["token_ids"], full[7 + i]["token_ids"])
+
+
+def test_prepare_cli_errors(tmp_path, capsys):
+    from jaxvedit.prepare import main
+
+    assert main(["--data", str(tmp_path / "nope"), "--model", str(tmp_path / "m"), "--no-progress"]) == 2
+    assert "data folder not found" in capsys.readouterr().err
+    make_sample_dataset(tmp_path / "d", n_videos=1, frames=4, size=32)
+    assert main(["--data", str(tmp_path / "d"), "--no-progress"]) == 2
+    assert "give --model" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--data", str(tmp_path / "d"), "--shard", "2", "--num-shards", "2"])
+    assert "--shard 2 must be in [0, --num-shards 2)" in capsys.readouterr().err

@@ -12,8 +12,7 @@ Reading is random access (``grain.MapDataset.source`` over an ``ArrayRecordDataS
 of T frames is T frame records plus one caption record. ``threads`` read micro-batches ahead in
 parallel, at most ``prefetch`` of them wait in host memory, and ``workers`` > 0 moves the reading
 into that many worker processes (``mp_prefetch``). Host memory is bounded by those buffers and
-the per-video index (a few integers a video), whatever the size of the dataset. No jax here:
-worker processes stay small.
+the per-video index (a few integers a video), whatever the size of the dataset.
 """
 
 from __future__ import annotations

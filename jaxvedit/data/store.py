@@ -162,23 +162,15 @@ class ClipStore:
                              f"(format {self.manifest.get('format')!r}, version "
                              f"{self.manifest.get('version')!r})")
         n = int(self.manifest["num_shards"])
-        missing, shards = [], []
-        for i in range(n):
-            name = shard_name(i, n)
-            idx, arr = self.path / f"{name}.json", self.path / f"{name}.array_record"
-            if not idx.is_file() or not arr.is_file():
-                missing.append(i)
-                continue
-            shards.append(json.loads(idx.read_text()))
+        missing = [i for i in range(n) if not (self.path / f"{shard_name(i, n)}.json").is_file()
+                   or not (self.path / f"{shard_name(i, n)}.array_record").is_file()]
         if missing:
             shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
             raise StoreError(
                 f"store {self.path} is incomplete: {len(missing)} of {n} shards missing (shard "
                 f"{shown}); finish it with python -m jaxvedit.prepare (same options; finished "
                 "shards are kept)")
-        self.shards = shards
-        self.skipped = [s for sh in shards for s in sh["skipped"]]
-        self._build_index()
+        self._build_index(n)
 
     # -- properties from the manifest
     @property
@@ -207,17 +199,24 @@ class ClipStore:
     def num_videos(self) -> int:
         return len(self.index)
 
+    def shard_index(self, i: int) -> dict:
+        """Shard ``i``'s index JSON (its videos and skipped entries), read from disk."""
+        n = int(self.manifest["num_shards"])
+        return json.loads((self.path / f"{shard_name(i, n)}.json").read_text())
+
     def record_paths(self) -> list[str]:
         """ArrayRecord read instructions ``file[0:n]`` (no file is opened to count records)."""
         n = int(self.manifest["num_shards"])
-        return [f"{self.path / (shard_name(s['shard'], n) + '.array_record')}[0:{s['records']}]"
-                for s in self.shards]
+        return [f"{self.path / (shard_name(i, n) + '.array_record')}[0:{r}]"
+                for i, r in enumerate(self.shard_records)]
 
-    def _build_index(self) -> None:
+    def _build_index(self, n: int) -> None:
+        """One shard index at a time into a few integer arrays (the JSON is not kept)."""
         cols = {k: [] for k in ("frame_key", "num_frames", "caption_key", "num_captions",
                                 "has_vision", "has_depth")}
-        base = 0
-        for sh in self.shards:
+        base, self.shard_records, self.skipped = 0, [], []
+        for i in range(n):
+            sh = self.shard_index(i)
             for v in sh["videos"]:
                 cols["frame_key"].append(base + v["first"])
                 cols["num_frames"].append(v["frames"])
@@ -225,6 +224,8 @@ class ClipStore:
                 cols["num_captions"].append(v["captions"])
                 cols["has_vision"].append(v["vision"])
                 cols["has_depth"].append(v["depth"])
+            self.skipped += sh["skipped"]
+            self.shard_records.append(int(sh["records"]))
             base += sh["records"]
         self.num_records = base
         self.index = VideoIndex(
@@ -233,7 +234,7 @@ class ClipStore:
             np.asarray(cols["has_vision"], bool), np.asarray(cols["has_depth"], bool))
 
     def video_names(self) -> list[str]:
-        return [v["name"] for sh in self.shards for v in sh["videos"]]
+        return [v["name"] for i in range(len(self.shard_records)) for v in self.shard_index(i)["videos"]]
 
     def check(self, *, model_fingerprint: str | None = None, vision_fingerprint: str | None = None,
               dtype: str | None = None, resolution: int | None = None,

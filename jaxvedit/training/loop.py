@@ -63,6 +63,12 @@ def _devices(cfg: TrainConfig):
     return devs
 
 
+def _peak_memory_gib() -> float | None:
+    stats = [d.memory_stats() or {} for d in jax.local_devices()]
+    peaks = [s["peak_bytes_in_use"] for s in stats if "peak_bytes_in_use" in s]
+    return max(peaks) / 2**30 if peaks else None
+
+
 def open_training_store(cfg: TrainConfig, comps_factory) -> tuple[st.ClipStore, Components]:
     """The run's store and components: ``--data`` is a store, or a dataset folder whose store
     is prepared here on first use (each process preparing its share of the shards)."""
@@ -178,7 +184,10 @@ def train(cfg: TrainConfig) -> dict:
                    {"step": step, "position": position, "seed": cfg.seed, "reason": reason,
                     "config": config_to_dict(cfg)})
         if primary:
-            metrics.plot(out / "loss_curve.png")
+            try:
+                metrics.plot(out / "loss_curve.png")
+            except ImportError as err:  # matplotlib is optional at run time
+                _log(f"loss curve not drawn ({err})")
 
     stop = {"requested": False}
 
@@ -214,8 +223,10 @@ def train(cfg: TrainConfig) -> dict:
                     tb.write(rec)
                 bar.update(step, rec)
 
+    multi = jax.process_count() > 1
+    halt = False  # single process: stop after the current micro-batch; several: at a step, all
     try:
-        while position < total_micro and not stop["requested"]:
+        while position < total_micro and not halt:
             t0 = time.perf_counter()
             batch = next(batches)
             wait["data_s"] += time.perf_counter() - t0
@@ -238,8 +249,10 @@ def train(cfg: TrainConfig) -> dict:
                 if step % cfg.checkpoint_every == 0 and step < cfg.steps:
                     flush(keep=0)
                     save("periodic")
-                if jax.process_count() > 1:  # every process stops at the same micro-batch
-                    stop["requested"] = dist.any_process(stop["requested"])
+                if multi:  # every process stops at the same optimizer step
+                    halt = stop["requested"] = dist.any_process(stop["requested"])
+            if not multi:
+                halt = stop["requested"]
         flush(keep=0)
     finally:
         for s, handler in previous.items():
@@ -270,7 +283,8 @@ def train(cfg: TrainConfig) -> dict:
                "last_loss": metrics.last("loss") if primary else None,
                "devices": n_dev, "processes": jax.process_count(), "store": str(store.path),
                "first_batch_s": wait["first_batch_s"], "data_wait_s": wait["data_s"],
-               "tensorboard": str(out / "tensorboard") if tb is not None else None}
+               "tensorboard": str(out / "tensorboard") if tb is not None else None,
+               "peak_device_mem_gib": _peak_memory_gib()}
     if interrupted:
         raise SystemExit(130)
     return summary

@@ -1,0 +1,204 @@
+"""Training at scale on the tiny model: two processes (2 virtual CPU devices each) equal one
+process; the bad inputs named at startup (a store from another model or dtype, a missing shard,
+an unmatched tap, a changed config on resume, a single file without tokenizer); a hub id with
+--remat equals the folder without; TensorBoard events and validation strips."""
+
+import dataclasses
+import json
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jaxvedit.cli import config_to_dict
+from jaxvedit.data import store as st
+from jaxvedit.training.config import DEMO_OVERRIDES, TrainConfig
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """Tiny model, 3 sample clips and their store (2 shards), and a run config on them."""
+    from jaxvedit.data.prepare import PrepareConfig, prepare_store
+    from jaxvedit.data.video import make_sample_dataset
+    from jaxvedit.models.tiny import make_tiny_model
+
+    root = tmp_path_factory.mktemp("scale")
+    make_tiny_model(root / "model")
+    make_sample_dataset(root / "data", n_videos=3, frames=8, size=64)
+    prepare_store(PrepareConfig(data=str(root / "data"), out=str(root / "store"), model=str(root / "model"),
+                                dtype="float32", resolution=64, max_frames=8, videos_per_shard=2,
+                                progress=False), log=lambda m: None)
+    cfg = TrainConfig(**{**DEMO_OVERRIDES, "model": str(root / "model"), "data": str(root / "store"),
+                         "output_dir": str(root / "run"), "progress": False, "steps": 3, "accumulate": 1,
+                         "checkpoint_every": 100, "learning_rate": 1e-2, "warmup_steps": 0})
+    return root, cfg
+
+
+def _adapter(run_dir):
+    from safetensors.numpy import load_file
+
+    out = {}
+    for kind in ("lora", "prompt_tokens"):
+        f = Path(run_dir) / "adapter" / kind / "adapter_model.safetensors"
+        out.update({f"{kind}/{k}": v for k, v in load_file(f).items()})
+    return out
+
+
+def _max_diff(a, b):
+    assert a.keys() == b.keys()
+    return max(float(np.abs(a[k] - b[k]).max()) for k in a)
+
+
+def _flags(cfg: TrainConfig) -> list[str]:
+    args = []
+    for k, v in config_to_dict(cfg).items():
+        if v is None:
+            continue
+        flag = "--" + k.replace("_", "-")
+        if isinstance(v, bool):
+            args.append(flag if v else "--no-" + k.replace("_", "-"))
+        elif isinstance(v, list):
+            args += [flag, *map(str, v)]
+        else:
+            args += [flag, str(v)]
+    return args
+
+
+def _summary(stdout: str) -> dict:
+    """The run summary JSON that python -m jaxvedit.train prints (gloo logs to stdout too)."""
+    lines = stdout.splitlines()
+    start = lines.index("{")
+    return json.loads("\n".join(lines[start:lines.index("}", start) + 1]))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_equal_one_process(base, tmp_path):
+    """3 optimizer steps of a global batch of 4 clips: 2 processes x 2 CPU devices (each
+    process reading its 2 clips) give the adapter of 1 process x 4 devices, to 1e-6."""
+    _, cfg = base
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu",
+           "PYTHONPATH": str(REPO)}
+    run = dataclasses.replace(cfg, batch_size=4, steps=3, learning_rate=1e-3)
+    cmd = [sys.executable, "-m", "jaxvedit.train"]
+    one = subprocess.Popen(cmd + _flags(dataclasses.replace(run, output_dir=str(tmp_path / "one"))),
+                           env={**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"},
+                           cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    port = _free_port()
+    multi = dataclasses.replace(run, output_dir=str(tmp_path / "two"), coordinator_address=f"localhost:{port}",
+                                num_processes=2)
+    procs = [subprocess.Popen(cmd + _flags(dataclasses.replace(multi, process_id=i)), env=env, cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    outs = [p.communicate(timeout=600) for p in [one, *procs]]
+    for p, (o, e) in zip([one, *procs], outs):
+        assert p.returncode == 0, e[-3000:]
+    assert "process 0 of 2 reads clips 0..1 of each micro-batch of 4" in outs[1][1]
+    assert "process 1 of 2 reads clips 2..3 of each micro-batch of 4" in outs[2][1]
+    s_one, s_two = _summary(outs[0][0]), _summary(outs[1][0])
+    assert (s_one["processes"], s_one["devices"], s_two["processes"], s_two["devices"]) == (1, 4, 2, 4)
+    diff = _max_diff(_adapter(tmp_path / "one"), _adapter(tmp_path / "two"))
+    print(f"2 processes x 2 devices vs 1 process x 4 devices: max |adapter diff| = {diff:.2e}")
+    assert diff <= 1e-6
+    lines = [json.loads(x) for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    ref = [json.loads(x) for x in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [1, 2, 3]
+    np.testing.assert_allclose([r["loss"] for r in lines], [r["loss"] for r in ref], rtol=1e-5)
+
+
+def test_bad_inputs_are_named_at_startup(base, tmp_path):
+    from jaxvedit.models.tiny import make_tiny_model
+    from jaxvedit.training.trainer import train
+
+    root, cfg = base
+    make_tiny_model(tmp_path / "other-model", seed=5)
+    with pytest.raises(st.StoreError, match="prepared with another model \\(encoder fingerprint"):
+        train(dataclasses.replace(cfg, model=str(tmp_path / "other-model")))
+    with pytest.raises(st.StoreError, match="holds float32 latents, this run computes in bfloat16: "
+                                            "prepare a bfloat16 store"):
+        train(dataclasses.replace(cfg, dtype="bfloat16"))
+    broken = tmp_path / "broken-store"
+    shutil.copytree(root / "store", broken)
+    (broken / f"{st.shard_name(1, 2)}.json").unlink()
+    with pytest.raises(st.StoreError, match="incomplete: 1 of 2 shards missing \\(shard 1\\)"):
+        train(dataclasses.replace(cfg, data=str(broken)))
+    # an unmatched tap fails before any data is touched: no store is prepared for the folder
+    raw = tmp_path / "raw"
+    shutil.copytree(root / "data", raw)
+    with pytest.raises(ValueError, match="feature tap 'up_blocks.7.attentions.\\*' matches no UNet module"):
+        train(dataclasses.replace(cfg, data=str(raw), feature_taps=("up_blocks.1.attentions.*.transformer_blocks.0.attn1",
+                                                                     "up_blocks.7.attentions.*")))
+    assert not (raw / ".jaxvedit_store").exists()
+    single = root / "model" / "unet" / "diffusion_pytorch_model.safetensors"
+    with pytest.raises(FileNotFoundError, match="single-file checkpoint, which carries no tokenizer: give --tokenizer"):
+        train(dataclasses.replace(cfg, model=str(single)))
+    from jaxvedit.data.encoders import resolve_sources
+
+    src = resolve_sources(str(single), tokenizer=str(root / "model"), need_vision=False)
+    assert (src.kind, src.tokenizer) == ("single_file", root / "model" / "tokenizer")
+
+
+def _events(logdir: Path) -> dict:
+    """{tag: [(step, value)]} from TensorBoard event files (TFRecord framing + Event protos)."""
+    from tensorboardX.proto import event_pb2
+
+    out = {}
+    for f in sorted(logdir.glob("events.out.tfevents.*")):
+        data = f.read_bytes()
+        i = 0
+        while i < len(data):
+            (n,) = struct.unpack("<Q", data[i:i + 8])
+            ev = event_pb2.Event.FromString(data[i + 12:i + 12 + n])
+            i += 12 + n + 4
+            for v in ev.summary.value:
+                out.setdefault(v.tag, []).append((ev.step, v.simple_value))
+    return out
+
+
+def test_hub_id_with_remat_equals_folder_and_logs_tensorboard_and_validation(base, tmp_path, monkeypatch):
+    """The same run from a hub repo id (resolved through the hub cache, offline) with --remat
+    ends with the adapter of the folder run without it; it also writes TensorBoard events and a
+    validation strip; resuming it with another learning rate is refused, naming the key."""
+    import huggingface_hub.constants as hf_constants
+
+    from jaxvedit.training.loop import ResumeError
+    from jaxvedit.training.trainer import train
+
+    root, cfg = base
+    run = dataclasses.replace(cfg, steps=2)
+    plain = train(dataclasses.replace(run, output_dir=str(tmp_path / "plain"), tensorboard=False))
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--someone--tiny-sd"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    shutil.copytree(root / "model", repo / "snapshots" / commit)
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    hub = dataclasses.replace(run, model="someone/tiny-sd", remat=True, output_dir=str(tmp_path / "hub-run"),
+                              validate_every=2, validation_steps=2, validation_frames=4)
+    s = train(hub)
+    diff = _max_diff(_adapter(plain["output_dir"]), _adapter(s["output_dir"]))
+    print(f"hub id + remat vs folder: max |adapter diff| = {diff:.2e}")
+    assert diff <= 1e-6
+    assert s["tensorboard"] and plain["tensorboard"] is None
+    ev = _events(Path(s["tensorboard"]))
+    recs = [json.loads(x) for x in Path(s["metrics"]).read_text().splitlines()]
+    assert [st_ for st_, _ in ev["loss"]] == [1, 2]
+    np.testing.assert_allclose([v for _, v in ev["loss"]], [r["loss"] for r in recs], rtol=1e-6)
+    assert "steps_per_s" in ev and "val/psnr" in ev and "val/psnr" in recs[-1]
+    import cv2
+
+    strip = cv2.imread(str(Path(s["output_dir"]) / "validation" / "step_000002.png"))
+    assert strip.shape == (2 * 64, 4 * 64, 3)
+    with pytest.raises(ResumeError, match="differs from the checkpoint's in learning_rate: 0.01 -> 0.02"):
+        train(dataclasses.replace(hub, resume=True, learning_rate=0.02, steps=4))
