@@ -52,8 +52,7 @@ VIT_B32 = {  # the unshared tokens' vision tower: 50 tokens of width 768
     "image_size": 224, "patch_size": 32, "num_channels": 3, "hidden_act": "quick_gelu",
     "layer_norm_eps": 1e-5, "projection_dim": 512,
 }
-TAPS_SD = ["up_blocks.2.attentions.*.transformer_blocks.0.attn1",
-           "up_blocks.3.attentions.*.transformer_blocks.0.attn1"]
+TAPS_TINY = ["up_blocks.1.attentions.*.transformer_blocks.0.attn1"]
 
 
 def write_sd15_folder(root: Path, seed: int = 0) -> Path:
@@ -116,8 +115,7 @@ def run_train(args, model: Path, store: Path, out: Path, remat: bool, env: dict)
            "--warmup-steps", "0", "--log-every", "1", "--checkpoint-every", "100000", "--no-progress",
            "--dtype", args.dtype, "--base-dtype", args.dtype, "--remat" if remat else "--no-remat"]
     if args.tiny:
-        cmd += ["--feature-taps", "up_blocks.1.attentions.*.transformer_blocks.0.attn1",
-                "--n-shared-tokens", "4", "--pooling", "stride:2"]
+        cmd += ["--feature-taps", *TAPS_TINY, "--n-shared-tokens", "4", "--pooling", "stride:2"]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
     if proc.returncode:
@@ -137,8 +135,9 @@ def run_train(args, model: Path, store: Path, out: Path, remat: bool, env: dict)
 
 def run_bare(args, env: dict) -> dict:
     cmd = [sys.executable, str(HERE / "train_step.py"), "--impl", "jax", "--clips-per-device", str(args.batch)]
-    if args.tiny:  # bench/train_step.py's own tiny UNet (not the trained tiny model): a smoke test
-        cmd += ["--tiny", "--latent", str(args.resolution // 8), "--warmup", "1", "--repeats", "2", "--inner", "2"]
+    if args.tiny:  # the tiny model's UNet, on CPU: a smoke test
+        cmd += ["--unet-config", str(args.model / "unet" / "config.json"), "--latent", str(args.resolution // 8),
+                "--taps", TAPS_TINY[0], "--warmup", "1", "--repeats", "2", "--inner", "2"]
     else:
         cmd += ["--warmup", "3", "--repeats", "5", "--inner", "4"]
     t0 = time.perf_counter()
@@ -181,6 +180,7 @@ def main():
         model = write_sd15_folder(work / "sd15-random")
         spec = dict(videos=64, frames=32, captions=20, vision_videos=64, latent=64, vision=(50, 768),
                     tokens=77, videos_per_shard=16)
+    args.model = model
     store = write_store(model, work / "store", spec, args.resolution)
     setup_s = time.perf_counter() - t0
     env = {**os.environ, "PYTHONPATH": str(REPO), "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}

@@ -1,7 +1,7 @@
 """Training at scale on the tiny model: two processes (2 virtual CPU devices each) equal one
 process; the bad inputs named at startup (a store from another model or dtype, a missing shard,
 an unmatched tap, a changed config on resume, a single file without tokenizer); a hub id with
---remat equals the folder without; TensorBoard events and validation strips."""
+--remat on 1 device equals the folder without on 4; TensorBoard events and validation strips."""
 
 import dataclasses
 import json
@@ -85,34 +85,62 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_equal_one_process(base, tmp_path):
-    """3 optimizer steps of a global batch of 4 clips: 2 processes x 2 CPU devices (each
-    process reading its 2 clips) give the adapter of 1 process x 4 devices, to 1e-6."""
+ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)}
+TRAIN = [sys.executable, "-m", "jaxvedit.train"]
+
+
+def _start(cfg: TrainConfig, devices: int) -> subprocess.Popen:
+    env = {**ENV, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    return subprocess.Popen(TRAIN + _flags(cfg), env=env, cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _finish(proc: subprocess.Popen) -> tuple[str, str]:
+    out, err = proc.communicate(timeout=900)
+    assert proc.returncode == 0, err[-3000:]
+    return out, err
+
+
+class _Background:
+    """A training run started in the background; ``wait()`` returns its stdout and stderr."""
+
+    def __init__(self, cfg: TrainConfig, devices: int):
+        self.cfg, self.dir = cfg, Path(cfg.output_dir)
+        self.proc, self.out = _start(cfg, devices), None
+
+    def wait(self) -> tuple[str, str]:
+        if self.out is None:
+            self.out = _finish(self.proc)
+        return self.out
+
+
+@pytest.fixture(scope="module")
+def reference(base, tmp_path_factory):
+    """The reference run (started at once, in the background): 1 process x 4 CPU devices, 3
+    optimizer steps of a global batch of 4 clips."""
     _, cfg = base
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu",
-           "PYTHONPATH": str(REPO)}
-    run = dataclasses.replace(cfg, batch_size=4, steps=3, learning_rate=1e-3)
-    cmd = [sys.executable, "-m", "jaxvedit.train"]
-    one = subprocess.Popen(cmd + _flags(dataclasses.replace(run, output_dir=str(tmp_path / "one"))),
-                           env={**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"},
-                           cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    port = _free_port()
-    multi = dataclasses.replace(run, output_dir=str(tmp_path / "two"), coordinator_address=f"localhost:{port}",
-                                num_processes=2)
-    procs = [subprocess.Popen(cmd + _flags(dataclasses.replace(multi, process_id=i)), env=env, cwd=REPO,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
-    outs = [p.communicate(timeout=600) for p in [one, *procs]]
-    for p, (o, e) in zip([one, *procs], outs):
-        assert p.returncode == 0, e[-3000:]
-    assert "process 0 of 2 reads clips 0..1 of each micro-batch of 4" in outs[1][1]
-    assert "process 1 of 2 reads clips 2..3 of each micro-batch of 4" in outs[2][1]
-    s_one, s_two = _summary(outs[0][0]), _summary(outs[1][0])
+    run = dataclasses.replace(cfg, batch_size=4, steps=3, learning_rate=1e-3,
+                              output_dir=str(tmp_path_factory.mktemp("reference") / "run"))
+    return _Background(run, 4)
+
+
+def test_two_processes_equal_one_process(reference, tmp_path):
+    """2 processes x 2 CPU devices, each process reading its 2 clips of each micro-batch, give
+    the adapter of 1 process x 4 devices, to 1e-6."""
+    run = dataclasses.replace(reference.cfg, output_dir=str(tmp_path / "two"),
+                              coordinator_address=f"localhost:{_free_port()}", num_processes=2)
+    procs = [_start(dataclasses.replace(run, process_id=i), 2) for i in range(2)]
+    outs = [_finish(p) for p in procs]
+    ref_out, _ = reference.wait()
+    assert "process 0 of 2 reads clips 0..1 of each micro-batch of 4" in outs[0][1]
+    assert "process 1 of 2 reads clips 2..3 of each micro-batch of 4" in outs[1][1]
+    s_one, s_two = _summary(ref_out), _summary(outs[0][0])
     assert (s_one["processes"], s_one["devices"], s_two["processes"], s_two["devices"]) == (1, 4, 2, 4)
-    diff = _max_diff(_adapter(tmp_path / "one"), _adapter(tmp_path / "two"))
+    diff = _max_diff(_adapter(reference.dir), _adapter(tmp_path / "two"))
     print(f"2 processes x 2 devices vs 1 process x 4 devices: max |adapter diff| = {diff:.2e}")
     assert diff <= 1e-6
     lines = [json.loads(x) for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
-    ref = [json.loads(x) for x in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    ref = [json.loads(x) for x in (reference.dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == [1, 2, 3]
     np.testing.assert_allclose([r["loss"] for r in lines], [r["loss"] for r in ref], rtol=1e-5)
 
@@ -166,39 +194,39 @@ def _events(logdir: Path) -> dict:
     return out
 
 
-def test_hub_id_with_remat_equals_folder_and_logs_tensorboard_and_validation(base, tmp_path, monkeypatch):
-    """The same run from a hub repo id (resolved through the hub cache, offline) with --remat
-    ends with the adapter of the folder run without it; it also writes TensorBoard events and a
-    validation strip; resuming it with another learning rate is refused, naming the key."""
+def test_hub_id_with_remat_equals_folder_and_logs_tensorboard_and_validation(base, reference, tmp_path,
+                                                                           monkeypatch):
+    """The reference run's config from a hub repo id (resolved through the hub cache, offline),
+    with --remat, on 1 device, ends with the reference's adapter (folder, no remat, 4 devices);
+    it also writes TensorBoard events and a validation strip; resuming it with another learning
+    rate is refused, naming the key."""
     import huggingface_hub.constants as hf_constants
 
     from jaxvedit.training.loop import ResumeError
     from jaxvedit.training.trainer import train
 
-    root, cfg = base
-    run = dataclasses.replace(cfg, steps=2)
-    plain = train(dataclasses.replace(run, output_dir=str(tmp_path / "plain"), tensorboard=False))
+    root, _ = base
     commit = "0123456789abcdef0123456789abcdef01234567"
     repo = tmp_path / "hub" / "models--someone--tiny-sd"
     (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "main").write_text(commit)
     shutil.copytree(root / "model", repo / "snapshots" / commit)
     monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    hub = dataclasses.replace(run, model="someone/tiny-sd", remat=True, output_dir=str(tmp_path / "hub-run"),
-                              validate_every=2, validation_steps=2, validation_frames=4)
+    hub = dataclasses.replace(reference.cfg, model="someone/tiny-sd", remat=True, output_dir=str(tmp_path / "hub-run"),
+                              validate_every=3, validation_steps=2, validation_frames=4)
     s = train(hub)
-    diff = _max_diff(_adapter(plain["output_dir"]), _adapter(s["output_dir"]))
-    print(f"hub id + remat vs folder: max |adapter diff| = {diff:.2e}")
+    reference.wait()
+    diff = _max_diff(_adapter(reference.dir), _adapter(s["output_dir"]))
+    print(f"hub id + remat + 1 device vs folder + 4 devices: max |adapter diff| = {diff:.2e}")
     assert diff <= 1e-6
-    assert s["tensorboard"] and plain["tensorboard"] is None
     ev = _events(Path(s["tensorboard"]))
     recs = [json.loads(x) for x in Path(s["metrics"]).read_text().splitlines()]
-    assert [st_ for st_, _ in ev["loss"]] == [1, 2]
+    assert [st_ for st_, _ in ev["loss"]] == [1, 2, 3]
     np.testing.assert_allclose([v for _, v in ev["loss"]], [r["loss"] for r in recs], rtol=1e-6)
     assert "steps_per_s" in ev and "val/psnr" in ev and "val/psnr" in recs[-1]
     import cv2
 
-    strip = cv2.imread(str(Path(s["output_dir"]) / "validation" / "step_000002.png"))
+    strip = cv2.imread(str(Path(s["output_dir"]) / "validation" / "step_000003.png"))
     assert strip.shape == (2 * 64, 4 * 64, 3)
-    with pytest.raises(ResumeError, match="differs from the checkpoint's in learning_rate: 0.01 -> 0.02"):
-        train(dataclasses.replace(hub, resume=True, learning_rate=0.02, steps=4))
+    with pytest.raises(ResumeError, match="differs from the checkpoint's in learning_rate: 0.001 -> 0.002"):
+        train(dataclasses.replace(hub, resume=True, learning_rate=0.002, steps=4))
