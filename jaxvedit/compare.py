@@ -78,8 +78,8 @@ class CompareConfig:
     output_dir: str = opt("runs/compare", "where results.json, results.md, strip.png and the videos go "
                           "(created if its parent exists)", "output")
     strip_frames: int = opt(4, "frames per row of the side-by-side strip", "output")
-    demo_adapter_steps: int = opt(6, "demo only: optimizer steps of the demo adapter (0: no adapter)",
-                                  "output")
+    demo_adapter_steps: int = opt(0, "demo only: train a demo adapter for this many steps on 12 "
+                                  "world videos (0: use the shipped world adapter)", "output")
     progress: bool = opt(True, "show progress bars", "output")
 
     def __post_init__(self):
@@ -99,8 +99,9 @@ class CompareConfig:
         return self.video is None and self.model is None
 
 
-DEMO_OVERRIDES = dict(prompt="a blue square moving right", source_prompt="a red square moving right",
-                      resolution=64, steps=20, output_dir="runs/compare-demo", batch_frames=8)
+DEMO_OVERRIDES = dict(prompt="a blue circle moves right steadily over a striped background",
+                      source_prompt="a red circle moves right steadily over a striped background",
+                      resolution=128, steps=25, output_dir="runs/compare-demo", batch_frames=16)
 
 
 def _log(msg: str) -> None:
@@ -118,31 +119,33 @@ def _edit_config(cfg: CompareConfig, filter_mode: str):
 
 
 def prepare_demo(cfg: CompareConfig) -> CompareConfig:
-    """Tiny model + sample clip (as the edit demo), and a demo adapter trained for
-    ``demo_adapter_steps`` steps on a generated sample dataset (once)."""
+    """The world model and the world clip (as the edit demo) and the shipped world GE adapter
+    (trained with ``python -m jaxvedit.train`` on 500 world videos, docs/world.md); with
+    ``--demo-adapter-steps N`` instead an adapter trained here for N steps on 12 world videos."""
     from jaxvedit.editing.config import EditConfig
     from jaxvedit.editing.pipeline import prepare_demo as edit_demo
+    from jaxvedit.world.models import world_adapter_path
 
     root = Path(cfg.output_dir)
     ecfg = edit_demo(EditConfig(output_dir=str(root)))
     adapter = cfg.adapter
-    if adapter is None and cfg.demo_adapter_steps > 0:
+    if adapter is None and cfg.demo_adapter_steps == 0:
+        adapter = str(world_adapter_path())
+    elif adapter is None:
         adapter_dir = root / "demo-train" / "adapter"
         if not (adapter_dir / "lora" / "adapter_config.json").is_file():
-            from jaxvedit.data.video import make_sample_dataset
             from jaxvedit.training.config import DEMO_OVERRIDES as TRAIN_DEMO
             from jaxvedit.training.config import TrainConfig
             from jaxvedit.training.trainer import train
+            from jaxvedit.world.demo import write_demo_dataset
 
-            data = root / "demo-train-data"
-            if not (data / "captions.jsonl").is_file():
-                make_sample_dataset(data, n_videos=2, frames=8, size=cfg.resolution)
+            data = write_demo_dataset(root / "demo-train-data")
             _log(f"demo: training a demo adapter for {cfg.demo_adapter_steps} steps "
                  f"(python -m jaxvedit.train on {data})")
             tcfg = TrainConfig(**{**TRAIN_DEMO, "model": ecfg.model, "data": str(data),
                                   "output_dir": str(root / "demo-train"), "resolution": cfg.resolution,
-                                  "steps": cfg.demo_adapter_steps, "accumulate": 1,
-                                  "checkpoint_every": 1000, "progress": cfg.progress})
+                                  "steps": cfg.demo_adapter_steps, "checkpoint_every": 1000,
+                                  "progress": cfg.progress})
             train(tcfg)
         adapter = str(adapter_dir)
     return dataclasses.replace(cfg, model=ecfg.model, video=ecfg.video, adapter=adapter)
@@ -303,9 +306,11 @@ def run_compare(cfg: CompareConfig) -> dict:
     ]
     notes += [f"{k}: {v}" for k, v in clip_notes.items()]
     if demo:
-        notes.insert(0, "DEMO: tiny *random* model and CLIP towers and an adapter trained for "
-                     f"{cfg.demo_adapter_steps} steps on generated clips. These numbers exercise the "
-                     "pipeline and mean nothing about editing quality (random CLIP numbers included).")
+        notes.insert(0, "DEMO: the world model (trained on rendered scenes, docs/world.md), its CLIP "
+                     "towers and " + ("the shipped world GE adapter" if cfg.demo_adapter_steps == 0
+                                      else f"an adapter trained for {cfg.demo_adapter_steps} steps")
+                     + ", on one world clip. For the scored benchmark (oracle targets) run "
+                     "python -m jaxvedit.compare --suite world.")
     results = {"config": {k: (list(v) if isinstance(v, tuple) else v)
                           for k, v in dataclasses.asdict(cfg).items()},
                "frames": int(len(frames)), "fps": fps, "source": source_row, "variants": rows,
@@ -347,7 +352,12 @@ def main(argv: list[str] | None = None) -> int:
     from jaxvedit.cli import parse_config
     from jaxvedit.models.weights import WeightLoadError
 
-    cfg = parse_config(CompareConfig, argv, prog="python -m jaxvedit.compare", defaults=DEMO_OVERRIDES,
+    args = sys.argv[1:] if argv is None else list(argv)
+    if any(a == "--suite" or a.startswith("--suite=") for a in args):
+        from jaxvedit.world.bench import main as bench_main  # the world benchmark's own options
+
+        return bench_main(args)
+    cfg = parse_config(CompareConfig, args, prog="python -m jaxvedit.compare", defaults=DEMO_OVERRIDES,
                        use_defaults=lambda given: given.get("video") is None and given.get("model") is None)
     try:
         results = run_compare(cfg)
@@ -359,7 +369,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {out / 'results.json'}, {out / 'results.md'}, {results['strip']}, {results['videos']}/",
           file=sys.stderr)
     if cfg.is_demo:
-        print("\nThat was the embedded demo (tiny random model). Compare on real weights with\n"
+        print("\nThat was the embedded demo (the world model on one world clip; the benchmark "
+              "against oracle targets: python -m jaxvedit.compare --suite world). Compare on real "
+              "weights with\n"
               "  python -m jaxvedit.compare --model stable-diffusion-v1-5/stable-diffusion-v1-5 "
               "--video input.mp4 --source-prompt \"...\" --prompt \"...\" --adapter runs/sd15/adapter "
               "--clip-model openai/clip-vit-large-patch14 --output-dir runs/compare", file=sys.stderr)

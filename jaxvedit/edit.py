@@ -1,7 +1,7 @@
 """``python -m jaxvedit.edit``: edit a video with a text prompt (see ``--help`` and docs/editing.md).
 
-With no --video and no --model it runs the embedded demo (tiny random model, generated sample
-clip, CPU) and writes ``runs/edit-demo/edited.mp4`` and ``edited.gif``.
+With no --video and no --model it runs the embedded demo (the shipped world model turns a red
+circle into a blue one, CPU) and writes ``runs/edit-demo/edited.mp4`` and ``edited.gif``.
 """
 
 from __future__ import annotations
@@ -37,8 +37,13 @@ def main(argv: list[str] | None = None) -> int:
     outs = ", ".join(f"{k} {v}" for k, v in summary["outputs"].items())
     print(f"\nwrote: {outs} ({summary['frames']} frames at {summary['fps']:g} fps)", file=sys.stderr)
     if summary["demo"]:
-        print("\nThat was the embedded demo (tiny random model, generated clip: the output is noise "
-              "by design).\n" + REAL_WEIGHTS_HINT, file=sys.stderr)
+        hint = REAL_WEIGHTS_HINT
+        if summary.get("method") == "lora-edit":
+            from jaxvedit.editing.lora_edit import REAL_WEIGHTS_HINT as hint
+        what = ("a tiny random inpainting model, generated clip: the output is noise by design"
+                if summary.get("method") == "lora-edit" else
+                "the world model turned a red circle into a blue one, docs/world.md")
+        print(f"\nThat was the embedded demo ({what}).\n" + hint, file=sys.stderr)
     return 0
 
 

@@ -6,9 +6,35 @@ import json
 import sys
 
 
+def _method(argv: list[str]) -> str | None:
+    """The value of ``--method`` on the command line, or in the ``--config`` file."""
+    for i, a in enumerate(argv):
+        if a == "--method" and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith("--method="):
+            return a.split("=", 1)[1]
+    for i, a in enumerate(argv):
+        path = argv[i + 1] if a == "--config" and i + 1 < len(argv) else (
+            a.split("=", 1)[1] if a.startswith("--config=") else None)
+        if path:
+            try:
+                from jaxvedit.cli import read_config_file
+
+                return read_config_file(path).get("method")
+            except Exception:
+                return None  # the regular parser reports the bad file
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     from jaxvedit.cli import parse_config
     from jaxvedit.training.config import DEMO_OVERRIDES, TrainConfig
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if _method(argv) == "dape":  # DAPE has its own config (jaxvedit.training.dape_config)
+        from jaxvedit.training.dape import main as dape_main
+
+        return dape_main(argv)
 
     cfg = parse_config(TrainConfig, argv, prog="python -m jaxvedit.train",
                        defaults=DEMO_OVERRIDES,

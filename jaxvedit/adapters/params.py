@@ -23,6 +23,14 @@ class PromptTokenParam(AdapterParam):
     """Shared prompt tokens and the projection of the frame-specific (unshared) tokens."""
 
 
+class DAPENormParam(AdapterParam):
+    """DAPE stage 1 (norm-tuning): the tuned gamma, beta and alpha0 of every UNet norm."""
+
+
+class DAPEAdapterParam(AdapterParam):
+    """DAPE stage 2: the vision adapter of the transformer blocks."""
+
+
 def is_base_param(path, value) -> bool:
     """NNX filter: a ``nnx.Param`` that is not an adapter parameter (a base-model weight)."""
     return isinstance(value, nnx.Param) and not isinstance(value, AdapterParam)

@@ -179,7 +179,7 @@ class ClipDataset:
         self.skipped: list[str] = []
         hits = 0
         for rec in records:
-            if not rec.path.is_file():
+            if not rec.path.exists():  # a video file or a folder of frames
                 self._skip(log, f"{rec.path}: listed in the annotations but the video file is missing")
                 continue
             key = _cache_key(rec, settings, encoders.fingerprint)

@@ -95,8 +95,11 @@ def default_store_path(data: str | os.PathLike, key: str) -> Path:
 
 
 def _stat(path: Path | None):
+    """Size and mtime of a video file, or of every frame of a frame folder."""
     if path is None or not path.exists():
         return None
+    if path.is_dir():
+        return [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in sorted(path.iterdir()) if p.is_file()]
     s = path.stat()
     return [s.st_size, s.st_mtime_ns]
 
@@ -122,7 +125,7 @@ class _Skip(Exception):
 
 
 def _encode_video(rec: VideoRecord, cfg: PrepareConfig, enc, folder: Path):
-    if not rec.path.is_file():
+    if not rec.path.exists():  # a video file or a folder of frames
         raise _Skip("listed in the annotations but the video file is missing")
     try:
         video = vio.read_video(rec.path, max_frames=cfg.max_frames)

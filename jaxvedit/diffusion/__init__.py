@@ -15,6 +15,13 @@ from jaxvedit.diffusion.ddim import (
     ddim_variance,
     predict_x0_eps,
 )
+from jaxvedit.diffusion.inpaint import (
+    encode_latents,
+    inpaint_sample,
+    prepare_mask_latents,
+    preprocess_mask,
+    resize_mask_nearest,
+)
 from jaxvedit.diffusion.inversion import (
     AUTHORS_FEATURE_PATHS,
     BilateralFilterConfig,
@@ -59,6 +66,11 @@ __all__ = [
     "ddim_step_from_alphas",
     "ddim_timesteps",
     "ddim_variance",
+    "encode_latents",
+    "inpaint_sample",
+    "prepare_mask_latents",
+    "preprocess_mask",
+    "resize_mask_nearest",
     "default_feature_paths",
     "gaussian_blur_latent",
     "linear_betas",

@@ -83,7 +83,8 @@ class BilateralFilterConfig:
         matching ``feature_paths`` (default :func:`default_feature_paths`) are replaced by
         :func:`~jaxvedit.diffusion.bilateral.bilateral_filter_frames` along the frame axis
         (``kernel_size``, ``sigma_spatial``, ``sigma_range``). With CFG each guidance branch is
-        filtered separately (the authors' hook runs over the concatenated batch).
+        filtered separately (the authors' hook runs over the concatenated batch). A batch that
+        holds several videos of ``video_frames`` frames each is filtered video by video.
 
     ``sigma_range`` defaults to 0.1 (latent, absolute units) or 1.0 (features).
     """
@@ -96,6 +97,7 @@ class BilateralFilterConfig:
     window: str = "square"
     kernel_size: int = 5
     feature_paths: tuple[str, ...] | None = None
+    video_frames: int | None = None  # features: frames per video in the batch (None: one video)
 
     def __post_init__(self):
         if self.mode not in _MODES:
@@ -219,6 +221,7 @@ class _LoopSpec:
     kernel_radius: int
     feature_paths: tuple[str, ...]
     return_trajectory: bool
+    video_frames: int = 0  # 0: the batch is one video
 
 
 class _Trace:
@@ -255,7 +258,7 @@ def _ddim_loop(params, x, ctx, uctx, ts, a_cur, a_next, guidance, eta, key, fsig
             xin2, ctx2 = xin, ctx
         kwargs = {}
         if spec.filter_mode == "features":
-            groups = 2 if spec.cfg else 1
+            groups = (2 if spec.cfg else 1) * (B // spec.video_frames if spec.video_frames else 1)
             hooks = FeatureHooks(
                 transform={p: _features_transform(spec, groups, ss, sr) for p in spec.feature_paths}
             )
@@ -372,7 +375,11 @@ def _run(
         kernel_radius=int(flt.kernel_size) // 2,
         feature_paths=tuple(paths) if flt.mode == "features" else (),
         return_trajectory=bool(return_trajectory),
+        video_frames=int(flt.video_frames or 0) if flt.mode == "features" else 0,
     )
+    if spec.video_frames and B % spec.video_frames:
+        raise ValueError(f"features filter: batch {B} is not a whole number of videos of "
+                         f"{spec.video_frames} frames")
     ts, a_cur, a_next = table
     fsig = np.asarray([flt.sigma_spatial, flt.resolved_sigma_range], np.float32)
     xT, traj = _ddim_loop(

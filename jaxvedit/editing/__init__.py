@@ -8,9 +8,11 @@ from jaxvedit.editing.pipeline import (EditResult, Editor, check_output_path, ch
                                        load_source_frames, prepare_demo)
 from jaxvedit.editing.predictor import EditPredictor
 from jaxvedit.editing.recon import reconstruction_metrics
+from jaxvedit.editing.lora_edit import LoRAEditOptions, LoRAEditResult, lora_edit  # noqa: E402
 
 __all__ = [
     "DEMO_OVERRIDES", "DEMO_SAMPLE", "EditConfig", "cross_frame_attention", "EditResult", "Editor",
     "check_output_path", "chunk_indices", "edit_video", "filter_config", "find_adapter_parts",
     "load_source_frames", "prepare_demo", "EditPredictor", "reconstruction_metrics",
+    "LoRAEditOptions", "LoRAEditResult", "lora_edit",
 ]

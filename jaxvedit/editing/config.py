@@ -44,8 +44,11 @@ class EditConfig:
     model: str | None = opt(None, "SD1.5 weights: a diffusers folder (or a Hugging Face repo id) "
                             "with unet/ vae/ text_encoder/ tokenizer/ (default: the demo's tiny "
                             "model)", "model")
-    adapter: str | None = opt(None, "trained adapter folder (<run>/adapter with lora/ and/or "
-                              "prompt_tokens/, or one of them); none: the plain model", "model")
+    adapter: str | None = opt(None, "trained adapter folder (<run>/adapter with lora/, "
+                              "prompt_tokens/ and/or dape/, or one of them), or another tool's LoRA "
+                              ".safetensors; none: the plain model; with --method lora-edit: a LoRA "
+                              "saved by --lora-edit-save (no training)",
+                              "model")
     vision_model: str | None = opt(None, "CLIP vision tower for the prompt tokens (default: the "
                                    "model folder's image_encoder/)", "model")
     lora_tau: float = opt(0.9, "LoRA timestep gate at inference: the LoRA acts for t >= tau * 1000 "
@@ -82,6 +85,36 @@ class EditConfig:
     filter_paths: tuple[str, ...] = opt((), "features filter: UNet module paths / patterns "
                                         "(default: the last up block's attn1)", "filter")
 
+    # method
+    method: Literal["ddim", "lora-edit"] = opt(
+        "ddim", "edit method: ddim (invert the source, sample with the target prompt) or lora-edit "
+        "(paper 003: mask-aware per-video LoRA on an SD1.5 inpainting model, first-frame guided; "
+        "docs/lora_edit.md)", "method")
+
+    # lora-edit (--method lora-edit)
+    mask: str | None = opt(None, "lora-edit: spatio-temporal mask, a mask video or a folder of mask "
+                           "images, one frame per source frame at the source size", "lora-edit")
+    mask_mode: Literal["keep", "edit"] = opt(
+        "keep", "lora-edit: keep = white is kept (the paper's M_condition: 1 keep, 0 regenerate); "
+        "edit = white is regenerated (diffusers / SAM masks)", "lora-edit")
+    edited_first_frame: str | None = opt(None, "lora-edit: the edited first frame (an image at the "
+                                         "source size)", "lora-edit")
+    edited_frames: str | None = opt(None, "lora-edit: folder of edited later frames named by their "
+                                    "source frame number (00012.png), for the appearance stage",
+                                    "lora-edit")
+    lora_edit_steps: int = opt(100, "lora-edit: LoRA training steps on the video (paper: 100)",
+                               "lora-edit")
+    lora_edit_appearance_steps: int = opt(100, "lora-edit: further steps with the edited later "
+                                          "frames (paper: 100)", "lora-edit")
+    lora_edit_rank: int = opt(16, "lora-edit: LoRA rank (authors' code: 16, alpha = rank)", "lora-edit")
+    lora_edit_lr: float = opt(1e-4, "lora-edit: learning rate (paper: 1e-4)", "lora-edit")
+    lora_edit_cross_frame: bool = opt(True, "lora-edit: every frame attends to the first frame "
+                                      "(training and sampling)", "lora-edit")
+    lora_edit_blend: bool = opt(True, "lora-edit: put the kept region back after every sampling "
+                                "step (kept regions = VAE round trip of the source)", "lora-edit")
+    lora_edit_save: str | None = opt(None, "lora-edit: save the trained LoRA to this folder (reuse "
+                                     "it with --adapter: training is skipped)", "lora-edit")
+
     # run
     output_dir: str = opt("runs/edit-demo", "demo only: where the tiny model, the sample clip and "
                           "the outputs go", "run")
@@ -106,16 +139,23 @@ class EditConfig:
             raise ValueError(f"lora_tau={self.lora_tau} must be in [0, 1]")
         if self.eta < 0:
             raise ValueError(f"eta={self.eta} must be >= 0")
+        for name in ("lora_edit_steps", "lora_edit_appearance_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
+        if self.lora_edit_rank < 1:
+            raise ValueError(f"lora_edit_rank={self.lora_edit_rank} must be >= 1")
 
     @property
     def is_demo(self) -> bool:
         return self.video is None and self.model is None
 
 
-# the embedded demo: applied to options the user did not set, when neither --video nor --model is
+# the sample clip of the --method lora-edit demo (a tiny random inpainting model: no world one yet)
 DEMO_SAMPLE = dict(frames=8, size=64, fps=8, seed=0, color="red", shape="square", direction="right")
+# the embedded demo: applied to options the user did not set, when neither --video nor --model is:
+# the shipped world model turns a red circle into a blue one (jaxvedit.world.demo)
 DEMO_OVERRIDES = dict(
-    prompt="a blue square moving right", source_prompt="a red square moving right",
-    resolution=64, steps=20,
-    batch_frames=4, cross_frame=True,
+    prompt="a blue circle moves right steadily over a striped background",
+    source_prompt="a red circle moves right steadily over a striped background",
+    resolution=128, steps=50, batch_frames=16,
 )

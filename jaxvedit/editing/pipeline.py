@@ -11,6 +11,7 @@ anchor, and its copy is dropped from that chunk's output.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
 import time
@@ -22,10 +23,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxvedit.adapters import AdapterLoadError, load_adapter, merge_lora
+from jaxvedit.adapters import LoRAModel, merged_lora
 from jaxvedit.diffusion import BilateralFilterConfig, ddim_invert, ddim_sample, default_feature_paths
 from jaxvedit.diffusion.schedules import NoiseSchedule
-from jaxvedit.editing.config import DEMO_SAMPLE, EditConfig
+from jaxvedit.editing.adapters import find_adapter_parts, load_edit_adapters  # noqa: F401
+from jaxvedit.editing.config import EditConfig
 from jaxvedit.editing.predictor import EditPredictor
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov")
@@ -87,28 +89,6 @@ def chunk_indices(num_frames: int, batch_frames: int, carry_first: bool) -> list
 
 # ----------------------------------------------------------------------------------------------
 # adapters
-
-
-def find_adapter_parts(path: str | Path) -> dict[str, Path]:
-    """``{"lora": folder, "prompt_tokens": folder}`` (either may be absent) of an adapter folder:
-    ``<run>/adapter`` with ``lora/`` and/or ``prompt_tokens/``, or one adapter folder itself."""
-    import json
-
-    from jaxvedit.adapters.io import CONFIG_NAME
-
-    p = Path(path)
-    if not p.is_dir():
-        raise FileNotFoundError(f"adapter folder not found: {p}")
-    if (p / CONFIG_NAME).is_file():
-        kind = json.loads((p / CONFIG_NAME).read_text()).get("kind")
-        if kind not in ("lora", "prompt_tokens"):
-            raise AdapterLoadError(f"unknown adapter kind {kind!r} in {p / CONFIG_NAME}")
-        return {kind: p}
-    parts = {k: p / k for k in ("lora", "prompt_tokens") if (p / k / CONFIG_NAME).is_file()}
-    if not parts:
-        raise FileNotFoundError(f"no adapter in {p}: expected lora/ and/or prompt_tokens/ with "
-                                f"{CONFIG_NAME} (as python -m jaxvedit.train writes to <run>/adapter)")
-    return parts
 
 
 # ----------------------------------------------------------------------------------------------
@@ -173,12 +153,14 @@ class Editor:
         self._encode = _jit_method(self.vae, lambda m, x: m.encode_to_latents(x))
         self._decode = _jit_method(self.vae, lambda m, z: m.decode_latents(z))
         self._text = _jit_method(self.text_encoder, lambda m, ids: m(ids).last_hidden_state)
-        self.lora = self.tokens = self.vision = None
-        self.adapter_path = adapter
+        self.lora = self.text_lora = self.tokens = self.vision = self.dape = None
+        self.unshared = True
+        self.adapter_path, self.adapter_notes = adapter, []
+        # a merged LoRA is merged per edit (at that edit's ratio) and the exact base kernels are
+        # put back afterwards, so an edit without the adapter never sees it
+        self.lora_merge = lora_merge
         if adapter is not None:
             self._load_adapter(adapter, vision_model)
-            if self.lora is not None and lora_merge:
-                merge_lora(self.unet, self.lora, ratio=lora_ratio)
 
     @classmethod
     def from_modules(cls, *, unet, vae, text_encoder, tokenizer, schedule, lora=None, tokens=None,
@@ -199,36 +181,17 @@ class Editor:
 
     # -- adapter
     def _load_adapter(self, path: str, vision_model: str | None) -> None:
-        from jaxvedit.models.clip import CLIPVisionModel
-
-        parts = find_adapter_parts(path)
-        if "lora" in parts:
-            self.lora = load_adapter(parts["lora"], self.unet)
-        if "prompt_tokens" in parts:
-            tokens = load_adapter(parts["prompt_tokens"])
-            ctx_dim = self.unet.config.cross_attention_dim
-            ctx_dim = ctx_dim if isinstance(ctx_dim, int) else ctx_dim[0]
-            if tokens.config.context_dim != ctx_dim:
-                raise AdapterLoadError(
-                    f"cannot load prompt_tokens adapter {parts['prompt_tokens']}: tensor shared has "
-                    f"width {tokens.config.context_dim}, the UNet's cross-attention dim is {ctx_dim} "
-                    "(made for another model?)")
-            if vision_model:
-                src, sub = vision_model, None
-            elif (self.root / "image_encoder" / "config.json").is_file():
-                src, sub = self.root, "image_encoder"
-            else:
-                raise FileNotFoundError(
-                    f"the prompt tokens of {path} need a CLIP vision tower: {self.root} has no "
-                    "image_encoder/, give --vision-model (e.g. openai/clip-vit-base-patch32)")
-            self.vision = CLIPVisionModel.from_pretrained(src, subfolder=sub)
-            if self.vision.config.hidden_size != tokens.config.vision_dim:
-                raise AdapterLoadError(
-                    f"cannot load prompt_tokens adapter {parts['prompt_tokens']}: tensor proj_kernel "
-                    f"expects vision width {tokens.config.vision_dim}, the vision tower has "
-                    f"{self.vision.config.hidden_size} (another --vision-model?)")
-            self.tokens = tokens
+        ad = load_edit_adapters(path, self.unet, self.text_encoder, model_root=self.root,
+                                vision_model=vision_model,
+                                num_train_timesteps=self.schedule.num_train_timesteps)
+        self.lora, self.text_lora, self.tokens, self.unshared = ad.lora, ad.text_lora, ad.tokens, ad.unshared
+        self.vision, self.adapter_notes, self.dape = ad.vision, ad.notes, ad.dape
+        if self.vision is not None:
             self._vision = _jit_method(self.vision, lambda m, x: m(x).last_hidden_state)
+        if self.text_lora is not None:
+            gd, state = nnx.split(LoRAModel(self.text_encoder, self.text_lora))
+            run = jax.jit(lambda s, ids, r: nnx.merge(gd, s)(ids, lora_ratio=r).last_hidden_state)
+            self._text_lora = lambda ids, r: run(state, ids, r)
 
     # -- encoders
     def encode_frames(self, frames: np.ndarray) -> np.ndarray:
@@ -242,25 +205,33 @@ class Editor:
         x = _batched(self._decode, np.asarray(latents, np.float32), self.batch_frames)
         return from_model_range(x)
 
-    def text_embeddings(self, prompts: list[str]) -> np.ndarray:
+    def text_embeddings(self, prompts: list[str], text_lora_ratio: float | None = None) -> np.ndarray:
+        """``text_lora_ratio``: through the text-encoder LoRA at that ratio (None: plain)."""
         from jaxvedit.models.clip import tokenize
 
         n = min(int(self.tokenizer.model_max_length),
                 int(self.text_encoder.config.max_position_embeddings))
-        return np.asarray(self._text(jnp.asarray(tokenize(self.tokenizer, prompts, max_length=n))),
-                          np.float32)
+        ids = jnp.asarray(tokenize(self.tokenizer, prompts, max_length=n))
+        if text_lora_ratio is not None and self.text_lora is not None:
+            return np.asarray(self._text_lora(ids, jnp.float32(text_lora_ratio)), np.float32)
+        return np.asarray(self._text(ids), np.float32)
 
-    def contexts(self, frames: np.ndarray, prompts: list[str], use_tokens: bool) -> list[np.ndarray]:
+    def contexts(self, frames: np.ndarray, prompts: list[str], use_tokens: bool,
+                 text_lora_ratio: float | None = None) -> list[np.ndarray]:
         """One context per prompt: ``(1, L, D)`` text only, or ``(T, P + L, D)`` with the prompt
-        tokens ``[T_share; Z_unshare(frame); text]``."""
-        text = self.text_embeddings(prompts)
+        tokens ``[T_share; Z_unshare(frame); text]`` (``(1, P + L, D)`` ``[T_share; text]`` for
+        tokens trained without the unshared part)."""
+        text = self.text_embeddings(prompts, text_lora_ratio)
         if not (use_tokens and self.tokens is not None):
             return [t[None] for t in text]
-        from jaxvedit.metrics import clip_preprocess
+        if not self.unshared:
+            prefix = np.asarray(self.tokens.shared.value, np.float32)[None]  # (1, P, D)
+        else:
+            from jaxvedit.metrics import clip_preprocess
 
-        pixels = clip_preprocess(frames, self.vision.config.image_size)
-        hidden = _batched(self._vision, pixels, self.batch_frames)
-        prefix = np.asarray(self.tokens(jnp.asarray(hidden)), np.float32)  # (T, P, D)
+            pixels = clip_preprocess(frames, self.vision.config.image_size)
+            hidden = _batched(self._vision, pixels, self.batch_frames)
+            prefix = np.asarray(self.tokens(jnp.asarray(hidden)), np.float32)  # (T, P, D)
         return [np.concatenate([prefix, np.broadcast_to(t[None], (len(prefix),) + t.shape)], axis=1)
                 for t in text]
 
@@ -279,13 +250,17 @@ class Editor:
         t0 = time.perf_counter()
         x0 = self.encode_frames(frames) if latents is None else np.asarray(latents, np.float32)
         t_enc = time.perf_counter() - t0
-        use_lora = use_adapter and self.lora is not None and not self.lora.merged_ratio
-        src, tgt, unc = self.contexts(frames, [source_prompt, prompt, ""], use_adapter)
+        use_lora = use_adapter and self.lora is not None
+        merge = use_lora and self.lora_merge
+        src, tgt, unc = self.contexts(frames, [source_prompt, prompt, ""], use_adapter,
+                                      lora_ratio if use_adapter else None)
         n = len(x0)
         bf = min(self.batch_frames, n)
         chunks = chunk_indices(n, bf, carry_first=cross_frame)
-        pred = EditPredictor(self.unet, self.lora if use_lora else None, lora_tau=lora_tau,
-                             lora_ratio=lora_ratio, cross_frame_group=bf if cross_frame else 0)
+        pred = EditPredictor(self.unet, self.lora if use_lora and not merge else None,
+                             lora_tau=lora_tau, lora_ratio=lora_ratio,
+                             cross_frame_group=bf if cross_frame else 0,
+                             dape=self.dape if use_adapter else None)
         flt = filter if filter is not None else BilateralFilterConfig.none()
         if flt.mode == "features" and flt.feature_paths is None:
             flt = dataclasses.replace(flt, feature_paths=default_feature_paths(self.unet))
@@ -299,6 +274,9 @@ class Editor:
         bar = tqdm(total=len(chunks) * phases, desc="edit", unit="pass", disable=not progress,
                    dynamic_ncols=True, file=sys.stderr)
         t1 = time.perf_counter()
+        merged = contextlib.ExitStack()
+        if merge:  # ungated, at this edit's ratio; the exact base kernels come back in finally
+            merged.enter_context(merged_lora(self.unet, self.lora, ratio=lora_ratio))
         try:
             for ci, (idx, keep) in enumerate(chunks):
                 x = jnp.asarray(x0[idx])
@@ -324,6 +302,7 @@ class Editor:
                     bar.update()
         finally:
             bar.close()
+            merged.close()
         t_diff = time.perf_counter() - t1
         t2 = time.perf_counter()
         edited = self.decode_latents(out)
@@ -338,20 +317,18 @@ class Editor:
 
 
 def prepare_demo(cfg: EditConfig) -> EditConfig:
-    """Generate the tiny model and the sample clip of the embedded demo (once), and point the
-    config's model / video / outputs at them."""
-    from jaxvedit.data.video import make_sample_video
-    from jaxvedit.models.tiny import make_tiny_model
+    """The embedded demo: the shipped world model and a rendered world clip (a red circle moving
+    right over a striped background, :mod:`jaxvedit.world.demo`); points the config's model,
+    video and outputs at them."""
+    from jaxvedit.world.demo import write_demo_video
+    from jaxvedit.world.models import world_model_path
 
     root = Path(cfg.output_dir)
     root.mkdir(parents=True, exist_ok=True)
-    model_dir, video = root / "tiny-model", root / "sample.mp4"
-    if not (model_dir / "unet" / "config.json").is_file():
-        make_tiny_model(model_dir)
-    if not video.is_file():
-        make_sample_video(video, **DEMO_SAMPLE)
-    _log(f"demo: tiny random model in {model_dir}, generated sample clip {video}")
-    return dataclasses.replace(cfg, model=str(model_dir), video=str(video),
+    video = write_demo_video(root / "source.mp4")
+    model = world_model_path()
+    _log(f"demo: the world model {model}, the rendered clip {video}")
+    return dataclasses.replace(cfg, model=str(model), video=str(video),
                                out=cfg.out or str(root / "edited.mp4"),
                                gif=cfg.gif or str(root / "edited.gif"))
 
@@ -369,6 +346,10 @@ def edit_video(cfg: EditConfig) -> dict:
     """Run one edit as configured; returns a summary (paths, frame count, fps, timings)."""
     from jaxvedit.data.video import write_frames, write_gif, write_video
 
+    if cfg.method == "lora-edit":
+        from jaxvedit.editing.lora_edit import edit_video_lora_edit
+
+        return edit_video_lora_edit(cfg)
     demo = cfg.is_demo
     if demo:
         cfg = prepare_demo(cfg)
@@ -412,6 +393,8 @@ def edit_video(cfg: EditConfig) -> dict:
     return {"outputs": written, "frames": int(len(res.frames)), "fps": fps,
             "resolution": cfg.resolution, "steps": cfg.steps, "filter": cfg.filter,
             "cross_frame": cfg.cross_frame, "adapter": cfg.adapter,
-            "adapter_parts": sorted(k for k, v in (("lora", editor.lora), ("prompt_tokens", editor.tokens))
-                                    if v is not None),
+            "adapter_notes": editor.adapter_notes,
+            "adapter_parts": sorted(k for k, v in (("lora", editor.lora), ("prompt_tokens", editor.tokens),
+                                                   ("text_encoder_lora", editor.text_lora),
+                                                   ("dape", editor.dape)) if v is not None),
             "demo": demo, "timings": {"load_s": t_load, **res.timings}}

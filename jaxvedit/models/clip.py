@@ -33,6 +33,7 @@ import numpy as np
 from flax import nnx, struct
 
 from jaxvedit.models import weights as _weights
+from jaxvedit.models.layers import _project as _layers_project
 from jaxvedit.models.config import read_config
 
 __all__ = [
@@ -226,8 +227,14 @@ def _layer_norm(d, eps, *, dtype, rngs):
     return nnx.LayerNorm(d, epsilon=eps, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
 
 
+def _project(layer, x, path: str):
+    # a per-call LoRA (jaxvedit.adapters) sees the transformers module path; none: plain linear
+    return _layers_project(layer, x, path) if path else layer(x)
+
+
 class CLIPAttention(nnx.Module):
-    def __init__(self, cfg, *, dtype, rngs: nnx.Rngs):
+    def __init__(self, cfg, *, dtype, rngs: nnx.Rngs, path: str = ""):
+        self.path = path
         d = cfg.hidden_size
         self.num_heads = cfg.num_attention_heads
         self.head_dim = d // self.num_heads
@@ -239,29 +246,33 @@ class CLIPAttention(nnx.Module):
     def __call__(self, x, mask=None, is_causal: bool = False):
         b, n, d = x.shape
         heads = (b, n, self.num_heads, self.head_dim)
-        q = self.q_proj(x).reshape(heads)
-        k = self.k_proj(x).reshape(heads)
-        v = self.v_proj(x).reshape(heads)
+        p = self.path
+        q = _project(self.q_proj, x, p and f"{p}.q_proj").reshape(heads)
+        k = _project(self.k_proj, x, p and f"{p}.k_proj").reshape(heads)
+        v = _project(self.v_proj, x, p and f"{p}.v_proj").reshape(heads)
         out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal,
                                            scale=self.head_dim ** -0.5)
-        return self.out_proj(out.reshape(b, n, d))
+        return _project(self.out_proj, out.reshape(b, n, d), p and f"{p}.out_proj")
 
 
 class CLIPMLP(nnx.Module):
-    def __init__(self, cfg, *, dtype, rngs: nnx.Rngs):
+    def __init__(self, cfg, *, dtype, rngs: nnx.Rngs, path: str = ""):
+        self.path = path
         self.hidden_act = cfg.hidden_act
         self.fc1 = _linear(cfg.hidden_size, cfg.intermediate_size, dtype=dtype, rngs=rngs)
         self.fc2 = _linear(cfg.intermediate_size, cfg.hidden_size, dtype=dtype, rngs=rngs)
 
     def __call__(self, x):
-        return self.fc2(_activation(self.hidden_act)(self.fc1(x)))
+        p = self.path
+        h = _activation(self.hidden_act)(_project(self.fc1, x, p and f"{p}.fc1"))
+        return _project(self.fc2, h, p and f"{p}.fc2")
 
 
 class CLIPEncoderLayer(nnx.Module):
-    def __init__(self, cfg, *, dtype, rngs: nnx.Rngs):
-        self.self_attn = CLIPAttention(cfg, dtype=dtype, rngs=rngs)
+    def __init__(self, cfg, *, dtype, rngs: nnx.Rngs, path: str = ""):
+        self.self_attn = CLIPAttention(cfg, dtype=dtype, rngs=rngs, path=path and f"{path}.self_attn")
         self.layer_norm1 = _layer_norm(cfg.hidden_size, cfg.layer_norm_eps, dtype=dtype, rngs=rngs)
-        self.mlp = CLIPMLP(cfg, dtype=dtype, rngs=rngs)
+        self.mlp = CLIPMLP(cfg, dtype=dtype, rngs=rngs, path=path and f"{path}.mlp")
         self.layer_norm2 = _layer_norm(cfg.hidden_size, cfg.layer_norm_eps, dtype=dtype, rngs=rngs)
 
     def __call__(self, x, mask=None, is_causal: bool = False):
@@ -270,9 +281,10 @@ class CLIPEncoderLayer(nnx.Module):
 
 
 class CLIPEncoder(nnx.Module):
-    def __init__(self, cfg, *, dtype, rngs: nnx.Rngs):
+    def __init__(self, cfg, *, dtype, rngs: nnx.Rngs, path: str = ""):
         self.layers = nnx.List(
-            [CLIPEncoderLayer(cfg, dtype=dtype, rngs=rngs) for _ in range(cfg.num_hidden_layers)])
+            [CLIPEncoderLayer(cfg, dtype=dtype, rngs=rngs, path=path and f"{path}.layers.{i}")
+             for i in range(cfg.num_hidden_layers)])
 
     def __call__(self, x, mask=None, is_causal: bool = False, output_hidden_states: bool = False):
         states = [x] if output_hidden_states else None
@@ -307,7 +319,7 @@ class CLIPTextTransformer(nnx.Module):
     def __init__(self, cfg: CLIPTextConfig, *, dtype, rngs: nnx.Rngs):
         self.config = cfg
         self.embeddings = CLIPTextEmbeddings(cfg, dtype=dtype, rngs=rngs)
-        self.encoder = CLIPEncoder(cfg, dtype=dtype, rngs=rngs)
+        self.encoder = CLIPEncoder(cfg, dtype=dtype, rngs=rngs, path="text_model.encoder")
         self.final_layer_norm = _layer_norm(cfg.hidden_size, cfg.layer_norm_eps, dtype=dtype, rngs=rngs)
 
     def __call__(self, input_ids, attention_mask=None, position_ids=None,
@@ -377,7 +389,7 @@ class CLIPVisionTransformer(nnx.Module):
         self.config = cfg
         self.embeddings = CLIPVisionEmbeddings(cfg, dtype=dtype, rngs=rngs)
         self.pre_layrnorm = _layer_norm(cfg.hidden_size, cfg.layer_norm_eps, dtype=dtype, rngs=rngs)
-        self.encoder = CLIPEncoder(cfg, dtype=dtype, rngs=rngs)
+        self.encoder = CLIPEncoder(cfg, dtype=dtype, rngs=rngs, path="vision_model.encoder")
         self.post_layernorm = _layer_norm(cfg.hidden_size, cfg.layer_norm_eps, dtype=dtype, rngs=rngs)
 
     def __call__(self, pixel_values, output_hidden_states: bool = False) -> CLIPOutput:

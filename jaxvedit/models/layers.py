@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextvars
 import math
+import os
 from dataclasses import dataclass
 
 import jax
@@ -36,6 +37,11 @@ def _join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
 
+def _child(prefix: str, name: str) -> str:
+    """A child's module path, or "" when the parent has none (pathless modules stay pathless)."""
+    return f"{prefix}.{name}" if prefix else ""
+
+
 def linear(din: int, dout: int, p: Precision, rngs: nnx.Rngs, use_bias: bool = True) -> nnx.Linear:
     return nnx.Linear(din, dout, use_bias=use_bias, dtype=p.dtype, param_dtype=p.param_dtype, rngs=rngs)
 
@@ -48,13 +54,26 @@ def conv(din: int, dout: int, k: int, p: Precision, rngs: nnx.Rngs, stride: int 
                     rngs=rngs)
 
 
+# Per-call norm context (DAPE norm-tuning, ``jaxvedit.adapters.dape``, installs it): a function
+# ``(path, x, normalized) -> output | None`` that replaces the affine part of the norm at module
+# path ``path`` (``normalized`` is the float32 ``(x - mean) / std`` before gamma and beta; None:
+# this norm is not tuned). Absent (the default), norms are the plain ones, bit-identical.
+_NORM_ADAPTER: contextvars.ContextVar = contextvars.ContextVar("jaxvedit_norm_adapter", default=None)
+
+
+def _tuned_norm(path: str, x, normalized):
+    tuned = _NORM_ADAPTER.get()
+    return None if tuned is None or not path else tuned(path, x, normalized)
+
+
 class GroupNorm(nnx.Module):
     """``torch.nn.GroupNorm`` over the last (channel) axis; statistics in float32."""
 
-    def __init__(self, num_groups: int, num_channels: int, eps: float, p: Precision):
+    def __init__(self, num_groups: int, num_channels: int, eps: float, p: Precision, path: str = ""):
         if num_channels % num_groups:
             raise ValueError(f"GroupNorm: {num_channels} channels not divisible into {num_groups} groups")
         self.num_groups, self.eps, self.dtype = num_groups, eps, p.dtype
+        self.path = path
         self.scale = nnx.Param(jnp.ones((num_channels,), p.param_dtype))
         self.bias = nnx.Param(jnp.zeros((num_channels,), p.param_dtype))
 
@@ -65,15 +84,18 @@ class GroupNorm(nnx.Module):
         mean = xf.mean(axis=(1, 3), keepdims=True)
         var = jnp.square(xf - mean).mean(axis=(1, 3), keepdims=True)
         xf = ((xf - mean) * jax.lax.rsqrt(var + self.eps)).reshape(shape)
-        out = xf * self.scale.value.astype(jnp.float32) + self.bias.value.astype(jnp.float32)
+        out = _tuned_norm(self.path, x, xf)
+        if out is None:
+            out = xf * self.scale.value.astype(jnp.float32) + self.bias.value.astype(jnp.float32)
         return out.astype(self.dtype)
 
 
 class LayerNorm(nnx.Module):
     """``torch.nn.LayerNorm`` over the last axis; statistics in float32."""
 
-    def __init__(self, dim: int, eps: float, p: Precision):
+    def __init__(self, dim: int, eps: float, p: Precision, path: str = ""):
         self.eps, self.dtype = eps, p.dtype
+        self.path = path
         self.scale = nnx.Param(jnp.ones((dim,), p.param_dtype))
         self.bias = nnx.Param(jnp.zeros((dim,), p.param_dtype))
 
@@ -82,7 +104,9 @@ class LayerNorm(nnx.Module):
         mean = xf.mean(-1, keepdims=True)
         var = jnp.square(xf - mean).mean(-1, keepdims=True)
         xf = (xf - mean) * jax.lax.rsqrt(var + self.eps)
-        out = xf * self.scale.value.astype(jnp.float32) + self.bias.value.astype(jnp.float32)
+        out = _tuned_norm(self.path, x, xf)
+        if out is None:
+            out = xf * self.scale.value.astype(jnp.float32) + self.bias.value.astype(jnp.float32)
         return out.astype(self.dtype)
 
 
@@ -147,10 +171,10 @@ class ResnetBlock2D(nnx.Module):
                  eps: float, output_scale_factor: float, p: Precision, rngs: nnx.Rngs, path: str = ""):
         self.path = path
         self.output_scale_factor = output_scale_factor
-        self.norm1 = GroupNorm(groups, in_channels, eps, p)
+        self.norm1 = GroupNorm(groups, in_channels, eps, p, path=_child(path, "norm1"))
         self.conv1 = conv(in_channels, out_channels, 3, p, rngs)
         self.time_emb_proj = linear(temb_channels, out_channels, p, rngs) if temb_channels else None
-        self.norm2 = GroupNorm(groups, out_channels, eps, p)
+        self.norm2 = GroupNorm(groups, out_channels, eps, p, path=_child(path, "norm2"))
         self.conv2 = conv(out_channels, out_channels, 3, p, rngs)
         self.conv_shortcut = (conv(in_channels, out_channels, 1, p, rngs)
                               if in_channels != out_channels else None)
@@ -173,8 +197,12 @@ def choose_attention_implementation(requested: str | None, dtype, head_dim: int)
     dimension it supports (a multiple of 8, at most 128), otherwise XLA's (which materialises the
     score matrix: fine on CPU and for short sequences). ``"cudnn"`` asks for cuDNN but falls back
     to XLA for unsupported head dimensions (SD1.5's 1280-channel blocks have 160), ``"xla"``
-    forces XLA.
+    forces XLA. The environment variable ``JAXVEDIT_ATTENTION`` (``xla`` / ``cudnn``) sets the
+    default for calls that ask for none (for small models with short sequences, such as the
+    world models, a fused kernel's fixed cost per call can dominate).
     """
+    if requested is None:  # a process-wide default, e.g. JAXVEDIT_ATTENTION=xla for small models
+        requested = {"xla": "xla", "cudnn": "cudnn"}.get(os.environ.get("JAXVEDIT_ATTENTION", ""))
     if requested == "xla":
         return "xla"
     fused_ok = (jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
@@ -196,10 +224,11 @@ def attention(q, k, v, heads: int, implementation: str | None = None):
     return out.reshape(b, lq, inner)
 
 
-# Per-call adapter context for the attention projections (``jaxvedit.adapters`` installs it):
-# a function ``(path, x, base_output) -> output`` where ``path`` is the projection's diffusers
-# module path (``...attn1.to_q``, ``...attn1.to_out.0``). Absent (the default), the projections
-# are plain linears, bit-identical to a model without adapters.
+# Per-call adapter context for the attention projections and the other linears of the
+# transformer blocks (``jaxvedit.adapters`` installs it): a function ``(path, x, base_output) ->
+# output`` where ``path`` is the layer's diffusers module path (``...attn1.to_q``,
+# ``...attn1.to_out.0``, ``...ff.net.2``, ``...proj_in``; the CLIP encoders' ``...q_proj``).
+# Absent (the default), the layers are plain linears, bit-identical to a model without adapters.
 _PROJECTION_ADAPTER: contextvars.ContextVar = contextvars.ContextVar(
     "jaxvedit_projection_adapter", default=None)
 
@@ -228,7 +257,8 @@ class Attention(nnx.Module):
         self.attention_implementation = p.attention_implementation
         self.residual_connection = residual_connection
         self.rescale_output_factor = rescale_output_factor
-        self.group_norm = GroupNorm(norm_num_groups, query_dim, eps, p) if norm_num_groups else None
+        self.group_norm = (GroupNorm(norm_num_groups, query_dim, eps, p, path=_child(path, "group_norm"))
+                           if norm_num_groups else None)
         self.to_q = linear(query_dim, inner, p, rngs, use_bias=bias)
         self.to_k = linear(kv_dim, inner, p, rngs, use_bias=bias)
         self.to_v = linear(kv_dim, inner, p, rngs, use_bias=bias)
@@ -258,11 +288,12 @@ class Attention(nnx.Module):
 
 
 class GEGLU(nnx.Module):
-    def __init__(self, dim_in: int, dim_out: int, p: Precision, rngs: nnx.Rngs):
+    def __init__(self, dim_in: int, dim_out: int, p: Precision, rngs: nnx.Rngs, path: str = ""):
+        self.path = path
         self.proj = linear(dim_in, dim_out * 2, p, rngs)
 
     def __call__(self, x):
-        hidden, gate = jnp.split(self.proj(x), 2, axis=-1)
+        hidden, gate = jnp.split(_project(self.proj, x, _join(self.path, "proj")), 2, axis=-1)
         return hidden * jax.nn.gelu(gate, approximate=False)  # exact GELU, as torch's default
 
 
@@ -274,14 +305,28 @@ class Identity(nnx.Module):
 
 
 class FeedForward(nnx.Module):
-    def __init__(self, dim: int, p: Precision, rngs: nnx.Rngs, mult: int = 4):
+    def __init__(self, dim: int, p: Precision, rngs: nnx.Rngs, mult: int = 4, path: str = ""):
         inner = dim * mult
-        self.net = nnx.List([GEGLU(dim, inner, p, rngs), Identity(), linear(inner, dim, p, rngs)])
+        self.path = path
+        self.net = nnx.List([GEGLU(dim, inner, p, rngs, path=_join(path, "net.0")), Identity(),
+                             linear(inner, dim, p, rngs)])
 
     def __call__(self, x):
-        for layer in self.net:
-            x = layer(x)
-        return x
+        x = self.net[1](self.net[0](x))
+        return _project(self.net[2], x, _join(self.path, "net.2"))
+
+
+# Per-call transformer-block context (the DAPE vision adapter installs it): a function
+# ``(path, site, x, grid) -> x`` applied to the residual stream of the block at module path
+# ``path`` after the self-attention residual (``site="attn1"``) and after the feed-forward
+# residual (``site="ff"``); ``grid`` is the token layout ``(H, W)``. Absent (the default), the
+# block is the plain one, bit-identical.
+_BLOCK_ADAPTER: contextvars.ContextVar = contextvars.ContextVar("jaxvedit_block_adapter", default=None)
+
+
+def _adapt_block(path: str, site: str, x, grid):
+    adapter = _BLOCK_ADAPTER.get()
+    return x if adapter is None or not path else adapter(path, site, x, grid)
 
 
 class BasicTransformerBlock(nnx.Module):
@@ -289,20 +334,24 @@ class BasicTransformerBlock(nnx.Module):
                  p: Precision, rngs: nnx.Rngs, path: str = "", only_cross_attention: bool = False):
         self.path = path
         self.only_cross_attention = only_cross_attention
-        self.norm1 = LayerNorm(dim, 1e-5, p)
+        self.norm1 = LayerNorm(dim, 1e-5, p, path=_child(path, "norm1"))
         self.attn1 = Attention(dim, heads, dim_head, p, rngs,
                                cross_attention_dim=cross_attention_dim if only_cross_attention else None,
                                path=_join(path, "attn1"))
-        self.norm2 = LayerNorm(dim, 1e-5, p)
+        self.norm2 = LayerNorm(dim, 1e-5, p, path=_child(path, "norm2"))
         self.attn2 = Attention(dim, heads, dim_head, p, rngs, cross_attention_dim=cross_attention_dim,
                                path=_join(path, "attn2"))
-        self.norm3 = LayerNorm(dim, 1e-5, p)
-        self.ff = FeedForward(dim, p, rngs)
+        self.norm3 = LayerNorm(dim, 1e-5, p, path=_child(path, "norm3"))
+        self.ff = FeedForward(dim, p, rngs, path=_join(path, "ff"))
 
-    def __call__(self, x, context):
+    def __call__(self, x, context, grid: tuple[int, int] | None = None):
+        """``x (B, N, C)`` tokens; ``grid``: their ``(H, W)`` layout (``N = H * W``), for a block
+        adapter that works on the token grid."""
         x = self.attn1(self.norm1(x), context if self.only_cross_attention else None) + x
+        x = _adapt_block(self.path, "attn1", x, grid)
         x = self.attn2(self.norm2(x), context) + x
         x = self.ff(self.norm3(x)) + x
+        x = _adapt_block(self.path, "ff", x, grid)
         return emit(self.path, x)
 
 
@@ -315,7 +364,7 @@ class Transformer2DModel(nnx.Module):
         inner = heads * dim_head
         self.path = path
         self.use_linear_projection = use_linear_projection
-        self.norm = GroupNorm(norm_num_groups, in_channels, 1e-6, p)
+        self.norm = GroupNorm(norm_num_groups, in_channels, 1e-6, p, path=_child(path, "norm"))
         if use_linear_projection:
             self.proj_in = linear(in_channels, inner, p, rngs)
             self.proj_out = linear(inner, in_channels, p, rngs)
@@ -333,15 +382,16 @@ class Transformer2DModel(nnx.Module):
         b, h, w, _ = x.shape
         residual = x
         x = self.norm(x)
+        proj_in, proj_out = _join(self.path, "proj_in"), _join(self.path, "proj_out")
         if self.use_linear_projection:
-            x = self.proj_in(x.reshape(b, h * w, -1))
-        else:
-            x = self.proj_in(x)
+            x = _project(self.proj_in, x.reshape(b, h * w, -1), proj_in)
+        else:  # 1x1 convolution: a linear on channels, adapted as one
+            x = _project(self.proj_in, x, proj_in)
             x = x.reshape(b, h * w, -1)
         for block in self.transformer_blocks:
-            x = block(x, context)
+            x = block(x, context, grid=(h, w))
         if self.use_linear_projection:
-            x = self.proj_out(x).reshape(b, h, w, -1)
+            x = _project(self.proj_out, x, proj_out).reshape(b, h, w, -1)
         else:
-            x = self.proj_out(x.reshape(b, h, w, -1))
+            x = _project(self.proj_out, x.reshape(b, h, w, -1), proj_out)
         return emit(self.path, x + residual)

@@ -37,7 +37,9 @@ def resolve_source(source: str | os.PathLike, subfolders: tuple[str, ...] = ()) 
 
     A repo id is downloaded (or read from the hub cache) and returned as a folder.
     """
-    path = Path(source).expanduser()
+    from jaxvedit.world.models import expand_model_alias
+
+    path = Path(expand_model_alias(str(source))).expanduser()
     if path.is_dir():
         return "folder", path
     if path.is_file():

@@ -32,6 +32,8 @@ TINY_UNET_CONFIG = {
     "out_channels": 4,
     "sample_size": 8,
 }
+#: the same UNet with the inpainting inputs (latents, mask, masked-image latents)
+TINY_INPAINT_UNET_CONFIG = {**TINY_UNET_CONFIG, "in_channels": 9}
 TINY_VAE_CONFIG = {
     "_class_name": "AutoencoderKL",
     "block_out_channels": [8, 16, 16, 16],  # 3 downsamplings: factor 8, as SD
@@ -149,14 +151,16 @@ def _save(build, folder: Path, config: dict, weights_name: str, seed: int) -> No
     save_file(random_torch_state_dict(build, seed), str(folder / weights_name))
 
 
-def make_tiny_model(folder: str | os.PathLike, seed: int = 0) -> Path:
-    """Write a tiny random SD1.x model folder (diffusers layout); returns its path."""
+def make_tiny_model(folder: str | os.PathLike, seed: int = 0, *, inpainting: bool = False) -> Path:
+    """Write a tiny random SD1.x model folder (diffusers layout); returns its path.
+    ``inpainting``: its UNet takes the 9 inpainting input channels (as SD1.5-inpainting)."""
     from jaxvedit.models.clip import CLIPTextModel, CLIPVisionModelWithProjection
     from jaxvedit.models.unet import UNet2DConditionModel
     from jaxvedit.models.vae import AutoencoderKL
 
     root = Path(folder)
-    _save(lambda: UNet2DConditionModel(TINY_UNET_CONFIG), root / "unet", TINY_UNET_CONFIG,
+    unet_cfg = TINY_INPAINT_UNET_CONFIG if inpainting else TINY_UNET_CONFIG
+    _save(lambda: UNet2DConditionModel(unet_cfg), root / "unet", unet_cfg,
           "diffusion_pytorch_model.safetensors", seed)
     _save(lambda: AutoencoderKL(TINY_VAE_CONFIG), root / "vae", TINY_VAE_CONFIG,
           "diffusion_pytorch_model.safetensors", seed + 1)

@@ -237,7 +237,8 @@ class UNet2DConditionModel(nnx.Module):
                               kind == "CrossAttnUpBlock2D", i < n - 1, rheads[i], rtlayers[i],
                               rcross[i], cfg, p, rngs, ronly[i]))
         self.up_blocks = nnx.List(up)
-        self.conv_norm_out = GroupNorm(cfg.norm_num_groups, boc[0], cfg.norm_eps, p)
+        self.conv_norm_out = GroupNorm(cfg.norm_num_groups, boc[0], cfg.norm_eps, p,
+                                       path="conv_norm_out")
         self.conv_out = conv(boc[0], cfg.out_channels, cfg.conv_out_kernel, p, rngs)
 
     @classmethod

@@ -15,11 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxvedit.adapters import LoRAConfig, PromptTokenConfig, PromptTokens, apply_lora
+from jaxvedit.adapters import PRESETS, LoRAConfig, PromptTokenConfig, PromptTokens, apply_lora
 from jaxvedit.data.dataset import Encoders
 from jaxvedit.data.encoders import (batched, build_encoders, encoder_fingerprint, jit_split,
                                     resolve_sources, vision_fingerprint)
-from jaxvedit.data.video import make_sample_dataset
 from jaxvedit.diffusion.schedules import NoiseSchedule
 from jaxvedit.training.config import TrainConfig
 
@@ -40,18 +39,14 @@ def _log(msg: str) -> None:
 
 
 def prepare_demo(cfg: TrainConfig) -> TrainConfig:
-    """Generate the tiny model and the sample dataset of the embedded demo (once)."""
-    from jaxvedit.models.tiny import make_tiny_model
+    """The embedded demo: the shipped world model and 12 rendered world videos (once)."""
+    from jaxvedit.world.demo import write_demo_dataset
+    from jaxvedit.world.models import world_model_path
 
-    root = Path(cfg.output_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    model_dir, data_dir = root / "tiny-model", root / "sample-data"
-    if not (model_dir / "unet" / "config.json").is_file():
-        make_tiny_model(model_dir)
-    if not (data_dir / "captions.jsonl").is_file():
-        make_sample_dataset(data_dir, n_videos=3, frames=8, size=cfg.resolution)
-    _log(f"demo: tiny random model in {model_dir}, generated sample clips in {data_dir}")
-    return dataclasses.replace(cfg, model=str(model_dir), data=str(data_dir))
+    data_dir = write_demo_dataset(Path(cfg.output_dir) / "world-data")
+    model = world_model_path()
+    _log(f"demo: the world model {model}, rendered world videos in {data_dir}")
+    return dataclasses.replace(cfg, model=str(model), data=str(data_dir))
 
 
 def module_paths(module: nnx.Module) -> list[str]:
@@ -121,8 +116,13 @@ class Components:
             folder = src.vision_folder()
             vision_dim = load_clip_config(folder / "config.json", "vision").hidden_size
         rngs = nnx.Rngs(cfg.seed)
-        lora_unet = apply_lora(unet, LoRAConfig(rank=cfg.lora_rank, alpha=cfg.lora_alpha,
-                                                targets=cfg.lora_targets, tau=cfg.tau), rngs=rngs)
+        targets = cfg.lora_targets
+        targets = targets[0] if len(targets) == 1 and targets[0] in PRESETS else tuple(targets)
+        try:
+            lora_unet = apply_lora(unet, LoRAConfig(rank=cfg.lora_rank, alpha=cfg.lora_alpha,
+                                                    targets=targets, tau=cfg.tau), rngs=rngs)
+        except KeyError as err:
+            raise ValueError(f"--lora-targets: {err.args[0]}") from err
         tokens = None
         if cfg.unshared_tokens or cfg.n_shared_tokens:
             vdim = vision_dim if cfg.unshared_tokens else ctx_dim
@@ -139,6 +139,17 @@ class Components:
     def base_dtype_cast(self):
         """Cast for the frozen state: floating leaves to ``--base-dtype``."""
         return _floating_to(self.base_dtype)
+
+    @property
+    def vision_record(self) -> dict | None:
+        """The adapter file's record of the CLIP vision tower (source + fingerprints), by which
+        edit finds and checks it; None without unshared tokens."""
+        if not self.cfg.unshared_tokens or self.sources.vision is None:
+            return None
+        from jaxvedit.adapters.records import vision_tower_record
+
+        src, sub = self.sources.vision
+        return vision_tower_record(self.vision, src, sub)
 
     @property
     def vision(self):

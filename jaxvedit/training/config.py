@@ -17,6 +17,11 @@ class TrainConfig:
     with the diffusion and temporal consistency losses (SPEC §3). With no --model and no --data
     it runs the embedded demo: a tiny random model on a generated sample, on CPU, in minutes."""
 
+    method: Literal["adapters", "dape"] = opt(
+        "adapters", "what to train: 'adapters' (gated LoRA + prompt tokens, these options) or "
+        "'dape' (two-stage norm-tuning + vision adapter, docs/dape.md; its options: "
+        "--method dape --help)", "method")
+
     # what to train on
     model: str | None = opt(None, "SD1.5 weights: a diffusers folder, a single-file .safetensors "
                             "checkpoint or a Hugging Face repo id (default: the demo's tiny model)", "data")
@@ -40,9 +45,10 @@ class TrainConfig:
     # adapters
     lora_rank: int = opt(4, "LoRA rank r", "adapters")
     lora_alpha: float = opt(4.0, "LoRA alpha (scale alpha/r)", "adapters")
-    lora_targets: Literal["all", "down"] = opt("all", "LoRA on every attention ('all', the authors' "
-                                               "code) or on down-block attentions ('down', the paper)",
-                                               "adapters")
+    lora_targets: tuple[str, ...] = opt(
+        ("all",), "LoRA targets, united: the presets 'all' (every attention projection, the authors' "
+        "code) and 'down' (down-block attentions, the paper) and/or UNet module paths or fnmatch "
+        "patterns, e.g. 'up_blocks.*.attn1.to_q' 'mid_block.*.ff.net.2'", "adapters")
     n_shared_tokens: int = opt(18, "N_share: shared prompt tokens", "adapters")
     unshared_tokens: bool = opt(True, "frame-specific tokens from CLIP vision hidden states", "adapters")
     pooling: str = opt("avg2", "pooling of the vision tokens: 'avg2' or 'stride:s'", "adapters")
@@ -104,6 +110,15 @@ class TrainConfig:
     progress: bool = opt(True, "show a progress bar", "run")
 
     def __post_init__(self):
+        if isinstance(self.lora_targets, str):  # a config file's "lora_targets": "down"
+            object.__setattr__(self, "lora_targets", (self.lora_targets,))
+        object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
+        if not self.lora_targets or not all(isinstance(t, str) and t.strip() for t in self.lora_targets):
+            raise ValueError(f"lora_targets={list(self.lora_targets)}: give at least one preset "
+                             "('all', 'down') or module-path pattern")
+        if self.method == "dape":
+            raise ValueError("method 'dape' has its own config: jaxvedit.training.dape_config."
+                             "DAPETrainConfig (python -m jaxvedit.train --method dape --help)")
         if self.frames < 3:
             raise ValueError(f"frames={self.frames}: the temporal loss needs T >= 3 frames per clip")
         if self.resolution % 8:
@@ -116,10 +131,12 @@ class TrainConfig:
             raise ValueError(f"text_dropout={self.text_dropout} must be in [0, 1]")
 
 
-# the embedded demo: applied to options the user did not set, when neither --model nor --data is
+# the embedded demo: applied to options the user did not set, when neither --model nor --data is:
+# the shipped world model on 12 rendered world videos (jaxvedit.world.demo)
 DEMO_OVERRIDES = dict(
-    output_dir="runs/demo", resolution=64, frames=4, steps=30, accumulate=2, learning_rate=1e-3,
-    warmup_steps=3, n_shared_tokens=4, pooling="stride:2", dtype="float32", checkpoint_every=10,
-    feature_taps=("up_blocks.1.attentions.*.transformer_blocks.0.attn1",), max_frames=8,
+    output_dir="runs/demo", resolution=128, frames=4, steps=30, accumulate=1, learning_rate=1e-4,
+    warmup_steps=5, dtype="float32", checkpoint_every=10, max_frames=16,
+    feature_taps=("up_blocks.1.attentions.*.transformer_blocks.0.attn1",
+                  "up_blocks.2.attentions.*.transformer_blocks.0.attn1"),
     base_dtype="float32",
 )

@@ -270,11 +270,15 @@ def train(cfg: TrainConfig) -> dict:
         tb.close()
     nnx.update(comps.model, local_params())
     adapter_dir = out / "adapter"
-    if primary:
+    if primary:  # the files record what edit needs: base model, vision tower, unshared flag
+        base = {"base_model": {"source": str(Path(cfg.model).resolve()) if Path(cfg.model).exists()
+                               else cfg.model}}
         save_adapter(adapter_dir / "lora", comps.model.unet.lora,
-                     extra={"trained_steps": position // cfg.accumulate})
+                     extra={"trained_steps": position // cfg.accumulate}, record=base)
         if comps.model.tokens is not None:
-            save_adapter(adapter_dir / "prompt_tokens", comps.model.tokens)
+            save_adapter(adapter_dir / "prompt_tokens", comps.model.tokens,
+                         record={**base, "unshared": bool(cfg.unshared_tokens),
+                                 "vision_tower": comps.vision_record})
     dist.barrier("jaxvedit-train-end")
     summary = {"output_dir": str(out), "steps": position // cfg.accumulate, "interrupted": interrupted,
                "adapter": str(adapter_dir), "metrics": str(out / "metrics.jsonl"),
