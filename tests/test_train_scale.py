@@ -18,9 +18,14 @@ import pytest
 
 from jaxvedit.cli import config_to_dict
 from jaxvedit.data import store as st
-from jaxvedit.training.config import DEMO_OVERRIDES, TrainConfig
+from jaxvedit.training.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
+# a run on the tiny random model (jaxvedit.models.tiny), float32, its two up blocks' first tap
+TINY_RUN = dict(resolution=64, frames=4, max_frames=8, steps=3, accumulate=1, learning_rate=1e-2,
+                warmup_steps=0, n_shared_tokens=4, pooling="stride:2", dtype="float32",
+                base_dtype="float32", checkpoint_every=100, progress=False,
+                feature_taps=("up_blocks.1.attentions.*.transformer_blocks.0.attn1",))
 
 
 @pytest.fixture(scope="module")
@@ -36,9 +41,8 @@ def base(tmp_path_factory):
     prepare_store(PrepareConfig(data=str(root / "data"), out=str(root / "store"), model=str(root / "model"),
                                 dtype="float32", resolution=64, max_frames=8, videos_per_shard=2,
                                 progress=False), log=lambda m: None)
-    cfg = TrainConfig(**{**DEMO_OVERRIDES, "model": str(root / "model"), "data": str(root / "store"),
-                         "output_dir": str(root / "run"), "progress": False, "steps": 3, "accumulate": 1,
-                         "checkpoint_every": 100, "learning_rate": 1e-2, "warmup_steps": 0})
+    cfg = TrainConfig(**{**TINY_RUN, "model": str(root / "model"), "data": str(root / "store"),
+                         "output_dir": str(root / "run")})
     return root, cfg
 
 
