@@ -175,6 +175,9 @@ class Editor:
         self._decode = _jit_method(vae, lambda m, z: m.decode_latents(z))
         self._text = _jit_method(text_encoder, lambda m, ids: m(ids).last_hidden_state)
         self.lora, self.tokens, self.vision = lora, tokens, vision
+        self.text_lora = self.dape = None
+        self.unshared = vision is not None  # prompt tokens without a tower: the shared part only
+        self.adapter_notes, self.lora_merge = [], False
         if vision is not None:
             self._vision = _jit_method(vision, lambda m, x: m(x).last_hidden_state)
         return self
