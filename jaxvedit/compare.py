@@ -31,6 +31,20 @@ VARIANTS: dict[str, tuple[bool, str]] = {
     "adapter+latent": (True, "latent"),
     "adapter+features": (True, "features"),
 }
+#: the same with the depth ControlNet (need --controlnet and --depth)
+CONTROLNET_VARIANTS: dict[str, tuple[bool, str]] = {
+    "controlnet": (False, "none"),
+    "latent+controlnet": (False, "latent"),
+    "adapter+controlnet": (True, "none"),
+    "adapter+latent+controlnet": (True, "latent"),
+}
+
+
+def _variant(name: str) -> tuple[bool, str, bool]:
+    """``(uses the adapter, inversion filter, uses the ControlNet)``."""
+    if name in CONTROLNET_VARIANTS:
+        return (*CONTROLNET_VARIANTS[name], True)
+    return (*VARIANTS[name], False)
 
 
 @dataclass(frozen=True)
@@ -44,7 +58,9 @@ class CompareConfig:
     video: str | None = opt(None, "input video or frame folder (default: the demo's sample clip)", "input")
     prompt: str | None = opt(None, "target prompt", "input")
     source_prompt: str = opt("", "prompt describing the source video (for the inversion)", "input")
-    resolution: int = opt(512, "square working resolution (a multiple of 8)", "input")
+    resolution: int = opt(512, "square working resolution (a multiple of 64)", "input")
+    width: int | None = opt(None, "frame width, a multiple of 64 (default: --resolution)", "input")
+    height: int | None = opt(None, "frame height, a multiple of 64 (default: --resolution)", "input")
     start: int = opt(0, "first source frame", "input")
     stop: int | None = opt(None, "stop before this source frame", "input")
     stride: int = opt(1, "take every n-th source frame", "input")
@@ -63,8 +79,20 @@ class CompareConfig:
                                  "(default: the model's image_encoder/ and text_encoder/ where they "
                                  "have projections)", "model")
 
-    variants: tuple[str, ...] = opt((), "variants to run, from: " + ", ".join(VARIANTS) +
-                                    " (default: all that apply)", "edit")
+    variants: tuple[str, ...] = opt((), "variants to run, from: " + ", ".join(VARIANTS) + ", " +
+                                    ", ".join(CONTROLNET_VARIANTS) + " (default: all that apply)",
+                                    "edit")
+    controlnet: str | None = opt(None, "depth ControlNet (folder, single file or repo id): adds "
+                                 "the +controlnet variants", "controlnet")
+    depth: str | None = opt(None, "depth maps for --controlnet: 'auto' or a folder / video of "
+                            "maps, one per source frame", "controlnet")
+    depth_model: str = opt("depth-anything/Depth-Anything-V2-Small-hf", "Depth Anything model "
+                           "for --depth auto", "controlnet")
+    depth_cache: str | None = opt(None, "cache folder of --depth auto", "controlnet")
+    controlnet_scale: float = opt(1.0, "ControlNet conditioning scale", "controlnet")
+    guess_mode: bool = opt(False, "ControlNet guess mode", "controlnet")
+    control_start: float = opt(0.0, "ControlNet guidance start (fraction of the steps)", "controlnet")
+    control_end: float = opt(1.0, "ControlNet guidance end (fraction of the steps)", "controlnet")
     steps: int = opt(50, "DDIM steps", "edit")
     guidance_scale: float = opt(7.5, "classifier-free guidance scale", "edit")
     cross_frame: bool = opt(False, "cross-frame attention in every variant", "edit")
@@ -83,13 +111,19 @@ class CompareConfig:
     progress: bool = opt(True, "show progress bars", "output")
 
     def __post_init__(self):
+        from jaxvedit.world.models import expand_model_alias
+
+        object.__setattr__(self, "model", expand_model_alias(self.model))  # --model world
         if self.prompt is not None and not self.prompt.strip():
             raise ValueError("empty prompt: give the target prompt with --prompt \"...\"")
-        if self.resolution < 8 or self.resolution % 8:
-            raise ValueError(f"resolution={self.resolution} must be a positive multiple of 8")
-        unknown = [v for v in self.variants if v not in VARIANTS]
+        for name in ("resolution", "width", "height"):
+            v = getattr(self, name)
+            if v is not None and (v < 64 or v % 64):
+                raise ValueError(f"{name}={v} must be a positive multiple of 64")
+        unknown = [v for v in self.variants if v not in VARIANTS and v not in CONTROLNET_VARIANTS]
         if unknown:
-            raise ValueError(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
+            raise ValueError(f"unknown variant(s) {unknown}; choose from "
+                             f"{list(VARIANTS) + list(CONTROLNET_VARIANTS)}")
         for name in ("steps", "batch_frames", "strip_frames"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
@@ -111,7 +145,8 @@ def _log(msg: str) -> None:
 def _edit_config(cfg: CompareConfig, filter_mode: str):
     from jaxvedit.editing.config import EditConfig
 
-    return EditConfig(video=cfg.video, prompt=cfg.prompt, resolution=cfg.resolution, start=cfg.start,
+    return EditConfig(video=cfg.video, prompt=cfg.prompt, resolution=cfg.resolution, width=cfg.width,
+                      height=cfg.height, start=cfg.start,
                       stop=cfg.stop, stride=cfg.stride, max_frames=cfg.max_frames, fps=cfg.fps,
                       filter=filter_mode, filter_radius=cfg.filter_radius,
                       filter_sigma_spatial=cfg.filter_sigma_spatial,
@@ -248,13 +283,21 @@ def run_compare(cfg: CompareConfig) -> dict:
     if cfg.video is None or cfg.model is None:
         raise ValueError("give both --video and --model (or neither, for the embedded demo)")
     names = list(cfg.variants) or [n for n, (ad, _) in VARIANTS.items() if cfg.adapter or not ad]
-    if cfg.adapter is None and any(VARIANTS[n][0] for n in names):
-        raise ValueError(f"variants {[n for n in names if VARIANTS[n][0]]} need --adapter")
+    if not cfg.variants and cfg.controlnet:
+        names += [n for n, (ad, _) in CONTROLNET_VARIANTS.items() if cfg.adapter or not ad]
+    if cfg.adapter is None and any(_variant(n)[0] for n in names):
+        raise ValueError(f"variants {[n for n in names if _variant(n)[0]]} need --adapter")
+    if cfg.controlnet is None and any(_variant(n)[2] for n in names):
+        raise ValueError(f"variants {[n for n in names if _variant(n)[2]]} need --controlnet "
+                         "(and --depth)")
 
     frames, fps = load_source_frames(_edit_config(cfg, "none"))
     _log(f"source: {cfg.video}: {len(frames)} frames at {fps:g} fps; variants: {', '.join(names)}")
+    from jaxvedit.editing.controlnet import source_depth
+
+    control = source_depth(cfg, frames)
     editor = Editor(cfg.model, adapter=cfg.adapter, vision_model=cfg.vision_model, dtype=cfg.dtype,
-                    batch_frames=cfg.batch_frames)
+                    batch_frames=cfg.batch_frames, controlnet=cfg.controlnet)
     vision, text, tok, clip_notes = _clip_towers(cfg, editor.root)
 
     def clip_metrics(fr, prompt):
@@ -273,7 +316,7 @@ def run_compare(cfg: CompareConfig) -> dict:
     (out / "videos").mkdir(exist_ok=True)
     rows, strip = [], [("source", frames)]
     for name in names:
-        use_adapter, mode = VARIANTS[name]
+        use_adapter, mode, use_cn = _variant(name)
         _log(f"variant {name}")
         t0 = time.perf_counter()
         res = editor.edit(frames, prompt=cfg.prompt, source_prompt=cfg.source_prompt, steps=cfg.steps,
@@ -281,10 +324,13 @@ def run_compare(cfg: CompareConfig) -> dict:
                           filter=filter_config(_edit_config(cfg, mode), editor.unet),
                           cross_frame=cfg.cross_frame, use_adapter=use_adapter, lora_tau=cfg.lora_tau,
                           lora_ratio=cfg.lora_ratio, reconstruct=True, latents=latents,
-                          progress=cfg.progress)
+                          progress=cfg.progress, use_controlnet=use_cn,
+                          control=control if use_cn else None, controlnet_scale=cfg.controlnet_scale,
+                          guess_mode=cfg.guess_mode, control_start=cfg.control_start,
+                          control_end=cfg.control_end)
         dt = time.perf_counter() - t0
         rec = reconstruction_metrics(frames, res.reconstruction)
-        row = {"variant": name, "adapter": use_adapter, "filter": mode,
+        row = {"variant": name, "adapter": use_adapter, "filter": mode, "controlnet": use_cn,
                "flicker": metrics.flicker(res.frames), "warp_error": metrics.warp_error(res.frames, frames),
                "recon_psnr": rec["psnr"], "recon_ssim": rec["ssim"],
                **clip_metrics(res.frames, cfg.prompt), "time_s": dt}
@@ -302,7 +348,7 @@ def run_compare(cfg: CompareConfig) -> dict:
         f"PSNR {source_row['vae_psnr']:.2f} dB, SSIM {source_row['vae_ssim']:.3f}).",
         f"{cfg.steps} DDIM steps, guidance {cfg.guidance_scale}, LoRA tau {cfg.lora_tau} ratio "
         f"{cfg.lora_ratio}, cross-frame attention {'on' if cfg.cross_frame else 'off'}, "
-        f"{len(frames)} frames at {cfg.resolution}x{cfg.resolution}.",
+        f"{len(frames)} frames at {frames.shape[2]}x{frames.shape[1]}.",
     ]
     notes += [f"{k}: {v}" for k, v in clip_notes.items()]
     if demo:

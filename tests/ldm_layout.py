@@ -115,3 +115,32 @@ def clip_to_ldm_text(state: Mapping, prefix: str = TEXT_PREFIX) -> dict:
     """
     return {prefix + (k if k.startswith("text_model.") else "text_model." + k): v
             for k, v in state.items()}
+
+
+CONTROLNET_PREFIX = "control_model."
+
+
+def diffusers_to_ldm_controlnet(state: Mapping, config: Mapping, prefix: str = CONTROLNET_PREFIX) -> dict:
+    """diffusers ``ControlNetModel`` state dict -> the original ControlNet layout (``cldm.py``):
+    the encoder as the UNet's ``input_blocks`` / ``middle_block``, ``zero_convs.{i}.0``,
+    ``middle_block_out.0`` and ``input_hint_block.{2k}`` (convolutions between SiLUs)."""
+    n_hint_blocks = 1 + max((int(m[1]) for k in state
+                             if (m := re.match(r"controlnet_cond_embedding\.blocks\.(\d+)\.", k))),
+                            default=-1)
+    encoder, out = {}, {}
+    for key, value in state.items():
+        if m := re.fullmatch(r"controlnet_down_blocks\.(\d+)\.(\w+)", key):
+            out[f"{prefix}zero_convs.{m[1]}.0.{m[2]}"] = value
+        elif m := re.fullmatch(r"controlnet_mid_block\.(\w+)", key):
+            out[f"{prefix}middle_block_out.0.{m[1]}"] = value
+        elif m := re.fullmatch(r"controlnet_cond_embedding\.conv_in\.(\w+)", key):
+            out[f"{prefix}input_hint_block.0.{m[1]}"] = value
+        elif m := re.fullmatch(r"controlnet_cond_embedding\.blocks\.(\d+)\.(\w+)", key):
+            out[f"{prefix}input_hint_block.{2 * (int(m[1]) + 1)}.{m[2]}"] = value
+        elif m := re.fullmatch(r"controlnet_cond_embedding\.conv_out\.(\w+)", key):
+            out[f"{prefix}input_hint_block.{2 * (n_hint_blocks + 1)}.{m[1]}"] = value
+        else:
+            encoder[key] = value
+    cfg = {"layers_per_block": config["layers_per_block"], "up_block_types": []}
+    out.update(diffusers_to_ldm_unet(encoder, cfg, prefix=prefix))
+    return out

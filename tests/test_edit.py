@@ -66,15 +66,27 @@ def test_default_demo_cli_writes_playable_video(tmp_path):
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     demo = tmp_path / "runs" / "edit-demo"
-    src, out = probe_video(demo / "sample.mp4"), probe_video(demo / "edited.mp4")
-    assert (src.num_frames, src.fps) == (8, 8.0)
+    src, out = probe_video(demo / "source.mp4"), probe_video(demo / "edited.mp4")
+    assert (src.num_frames, src.fps) == (16, 8.0)
     assert out.codec == "h264"
-    assert (out.num_frames, out.fps, out.height, out.width) == (src.num_frames, src.fps, 64, 64)
+    assert (out.num_frames, out.fps, out.height, out.width) == (src.num_frames, src.fps, 128, 128)
     v = read_video(demo / "edited.mp4")  # decodes every frame: playable
-    assert v.frames.shape == (8, 64, 64, 3) and v.fps == 8.0
+    assert v.frames.shape == (16, 128, 128, 3) and v.fps == 8.0
     g = read_video(demo / "edited.gif")
-    assert g.frames.shape == (8, 64, 64, 3) and abs(g.fps - 8.0) < 0.5
+    assert g.frames.shape == (16, 128, 128, 3) and abs(g.fps - 8.0) < 0.5
     assert "real weights" in proc.stderr and "--model" in proc.stderr
+    # the world model's edit: the red circle turns blue, the striped background stays
+    from jaxvedit.world import judge
+    from jaxvedit.world.demo import demo_edit
+    from jaxvedit.world.render import render
+
+    target = render(demo_edit().target)
+    colours = [judge.classify_colour(f) for f in v.frames]
+    assert colours.count("blue") >= 14, colours
+    assert all(judge.classify_background(f) == "striped" for f in v.frames)
+    away = target.background_mask
+    err = np.abs(v.frames.astype(float) - target.frames.astype(float)).max(-1)
+    assert np.mean(err[away]) < 4.0  # the background is kept (0-255 units; measured 1.3)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -100,10 +112,10 @@ def test_empty_prompt(tmp_path, sample, tiny, capsys):
     assert rc == 2 and "empty prompt" in err  # no --prompt at all (outside the demo)
 
 
-def test_resolution_not_multiple_of_8(tmp_path, sample, tiny, capsys):
+def test_resolution_not_multiple_of_64(tmp_path, sample, tiny, capsys):
     rc, err = _run(["--video", sample, "--model", tiny, "--prompt", "a cat", "--resolution", 60,
                     "--out", tmp_path / "o.mp4"], capsys)
-    assert rc == 2 and "resolution=60 must be a positive multiple of 8" in err
+    assert rc == 2 and "resolution=60 must be a positive multiple of 64" in err
 
 
 def test_output_in_missing_folder(tmp_path, sample, tiny, capsys):
@@ -192,6 +204,17 @@ def test_chunked_cross_frame_equals_one_chunk(editor, frames):
     editor.batch_frames = 8
     assert chunked.timings["chunks"] == 3 and whole.timings["chunks"] == 1
     np.testing.assert_allclose(chunked.latents, whole.latents, atol=1e-4 * whole.latents.std())
+
+
+def test_negative_prompt(editor, frames):
+    kw = dict(prompt="a blue circle", source_prompt="a red square", steps=3, guidance_scale=3.0,
+              filter=BilateralFilterConfig.none(), progress=False)
+    plain = editor.edit(frames, **kw)
+    neg = editor.edit(frames, negative_prompt="blurry, low res", **kw)
+    np.testing.assert_array_equal(neg.inverted, plain.inverted)  # the inversion does not use it
+    assert np.abs(neg.latents - plain.latents).max() > 1e-3  # the guidance does
+    with pytest.raises(ValueError, match="negative prompt needs guidance_scale != 1"):
+        editor.edit(frames, **{**kw, "guidance_scale": 1.0}, negative_prompt="blurry")
 
 
 def test_features_filter_path_runs(editor, frames):

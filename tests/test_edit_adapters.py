@@ -131,6 +131,27 @@ def test_readme_train_then_edit_on_the_world_model(readme_run):
     assert lora["config"]["targets"] == ["down", "up_blocks.*.attn1.to_q"]
 
 
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A gated LoRA + prompt tokens (with the unshared part) trained for 4 steps on the tiny
+    random model (tests/tiny_training.py), laid out as ``runs/tiny/{tiny-model,sample-data,
+    adapter}`` in a fresh folder, and the edit command that uses it. The vision-tower tests below
+    move and delete folders of the model, so they run on this copy, never on the shipped world
+    model."""
+    from tiny_training import tiny_config
+
+    from jaxvedit.training.trainer import train
+
+    root = tmp_path_factory.mktemp("tiny-run")
+    cfg = tiny_config(root / "runs" / "tiny", steps=4, lora_targets=("down", "up_blocks.*.attn1.to_q"))
+    train(cfg)
+    edit = ["python", "-m", "jaxvedit.edit", "--model", "runs/tiny/tiny-model",
+            "--video", "runs/tiny/sample-data/clip0.mp4", "--source-prompt", "a red square moving right",
+            "--prompt", "a blue square moving right", "--adapter", "runs/tiny/adapter",
+            "--resolution", "64", "--steps", "2", "--out", "runs/tiny/edited.mp4"]
+    return root, [None, edit], None
+
+
 def _tower(folder: Path, seed: int, **config) -> Path:
     """A tiny CLIP vision tower folder (random weights of ``seed``, config overrides)."""
     from jaxvedit.models.clip import CLIPVisionModelWithProjection
@@ -141,7 +162,7 @@ def _tower(folder: Path, seed: int, **config) -> Path:
     return folder
 
 
-def test_edit_finds_the_recorded_vision_tower_and_refuses_another(readme_run, tmp_path):
+def test_edit_finds_the_recorded_vision_tower_and_refuses_another(tiny_run, tmp_path):
     """With the model folder lacking image_encoder/ (as SD1.5's), the recorded tower is loaded;
     another tower of the same width is refused by name (other config, or same config and other
     weights), and so is a recorded tower that is gone, with the way out."""
@@ -151,7 +172,7 @@ def test_edit_finds_the_recorded_vision_tower_and_refuses_another(readme_run, tm
     from jaxvedit.editing.adapters import load_edit_adapters
     from jaxvedit.models import load_components
 
-    root, commands, _ = readme_run
+    root, commands, _ = tiny_run
     adapter = root / commands[1][commands[1].index("--adapter") + 1]
     model = root / "runs" / "tiny" / "tiny-model"
     bare = tmp_path / "bare-model"  # the model without its image_encoder/
@@ -190,8 +211,8 @@ def test_edit_finds_the_recorded_vision_tower_and_refuses_another(readme_run, tm
                         root / "runs" / "tiny" / "tiny-model" / "image_encoder")
 
 
-def test_edit_cli_refuses_another_vision_tower_by_name(readme_run, tmp_path, capsys):
-    root, commands, _ = readme_run
+def test_edit_cli_refuses_another_vision_tower_by_name(tiny_run, tmp_path, capsys):
+    root, commands, _ = tiny_run
     deeper = _tower(tmp_path / "deeper", 3, num_hidden_layers=1)
     argv = commands[1][3:] + ["--vision-model", str(deeper)]
     argv[argv.index("--out") + 1] = str(tmp_path / "o.mp4")
@@ -209,16 +230,19 @@ def test_edit_cli_refuses_another_vision_tower_by_name(readme_run, tmp_path, cap
     assert rc == 2 and "vision tower mismatch" in err and "num_hidden_layers 2 vs 1" in err
 
 
-def test_lora_targets_take_patterns_besides_presets(readme_run):
+def test_lora_targets_take_patterns_besides_presets(tiny_run):
     from jaxvedit.cli import parse_config
     from jaxvedit.training.config import TrainConfig
     from jaxvedit.training.trainer import Components
 
-    root, _, _ = readme_run
+    root, _, _ = tiny_run
     model = str(root / "runs" / "tiny" / "tiny-model")
     cfg = parse_config(TrainConfig, ["--model", model, "--data", "x", "--lora-targets", "down",
                                      "mid_block.*.ff.net.2", "--no-unshared-tokens",
-                                     "--n-shared-tokens", "0", "--dtype", "float32"], prog="t")
+                                     "--n-shared-tokens", "0", "--dtype", "float32",
+                                     # the tiny UNet's taps (unmatched taps are refused at startup)
+                                     "--feature-taps", "up_blocks.1.attentions.*.transformer_blocks.0.attn1"],
+                       prog="t")
     assert cfg.lora_targets == ("down", "mid_block.*.ff.net.2")
     paths = Components(cfg).model.unet.lora.paths
     assert "mid_block.attentions.0.transformer_blocks.0.ff.net.2" in paths

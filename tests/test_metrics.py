@@ -232,3 +232,17 @@ def test_clip_preprocess_matches_image_processor():
         ours = M.clip_preprocess(x, size)
         assert ours.shape == ref.shape == (len(x), size, size, 3)
         assert np.max(np.abs(ours - ref) * M.CLIP_STD * 255) <= levels + 1e-3
+
+
+def test_metrics_on_non_square_frames():
+    """Edits may be non-square (e.g. 672x384): the metrics take (T, H, W, 3) of any H, W."""
+    skm = pytest.importorskip("skimage.metrics")
+    tex = _texture(h=48, w=112)  # 7:3, about 672x384
+    vid = np.stack([np.roll(tex, 2 * t, axis=1) for t in range(4)]).astype(np.float64)
+    assert M.warp_error(vid, vid) < 5e-5 and M.warp_error(vid, vid, use_flow=False) > 5e-3
+    assert M.flicker(vid) == pytest.approx(np.abs(np.diff(vid, axis=0)).mean())
+    other = np.clip(vid + 0.05 * np.random.default_rng(0).standard_normal(vid.shape), 0, 1)
+    ref = np.mean([skm.structural_similarity(a, b, channel_axis=-1, data_range=1.0)
+                   for a, b in zip(vid, other)])
+    assert abs(M.ssim(vid, other, 1.0) - ref) <= 1e-12
+    assert M.clip_preprocess(vid, 32).shape == (4, 32, 32, 3)

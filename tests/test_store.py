@@ -35,7 +35,8 @@ def _fake_encoders(calls, fingerprint="fake-v1"):
 
 @pytest.fixture
 def dataset(tmp_path):
-    """5 good clips, one corrupt, one missing, one too short; depth maps for clip1."""
+    """5 good clips, one corrupt, one missing, one too short; depth maps for clip1 (and too few
+    for clip2)."""
     folder = tmp_path / "data"
     make_sample_dataset(folder, n_videos=5, frames=6, size=32)
     (folder / "broken.mp4").write_bytes(b"not a video at all")
@@ -43,6 +44,7 @@ def dataset(tmp_path):
     (folder / "depth").mkdir()
     depth = np.repeat(np.linspace(0, 255, 6, dtype=np.uint8)[:, None, None, None], 32, 1).repeat(32, 2).repeat(3, 3)
     write_video(folder / "depth" / "clip1.mp4", depth, 8.0)
+    write_video(folder / "depth" / "clip2.mp4", depth[:3], 8.0)  # 3 maps for 6 frames: unusable
     with open(folder / "captions.jsonl", "a") as f:
         for v in ("broken.mp4", "gone.mp4", "short.mp4"):
             f.write(json.dumps({"video": v, "caption": f"caption of {v}"}) + "\n")
@@ -76,6 +78,11 @@ def test_prepare_shards_split_resume_report_and_depth(dataset, tmp_path):
     assert (m["dtype"], m["resolution"], m["model_fingerprint"], m["num_shards"]) == ("float32", 32, "fake-v1", 3)
     assert m["depth"] and store.index.has_depth.tolist() == [False, True, False, False, False]
     assert store.index.num_captions.tolist() == [2, 1, 1, 1, 1]
+    # a ControlNet run needs depth maps for every video: the ones without are named, with the reason
+    assert "clip2.mp4: 3 depth map(s) for 6 video frame(s)" in " ".join(log)
+    with pytest.raises(st.StoreError, match=r"--controlnet cn needs a depth map per frame, but 4 video\(s\)"
+                       r".*clip0\.mp4.*clip2\.mp4: depth maps .*unusable .*3 depth map\(s\) for 6"):
+        store.check_depth("cn")
     assert (out / st.VALIDATION).is_file()
 
     # resumable: a rerun keeps every finished shard and encodes nothing

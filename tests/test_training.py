@@ -18,18 +18,15 @@ from jaxvedit.cli import ConfigError, config_from_dict, parse_config
 from jaxvedit.data.dataset import ClipDataset, DatasetError, Encoders, find_records
 from jaxvedit.data.video import make_sample_dataset, make_sample_video
 from jaxvedit.training.config import DEMO_OVERRIDES, TrainConfig
+from tiny_training import tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def demo_base(tmp_path_factory):
-    """The demo's tiny model and sample data, generated once for this module."""
-    from jaxvedit.training.trainer import prepare_demo
-
-    root = tmp_path_factory.mktemp("demo")
-    cfg = TrainConfig(**{**DEMO_OVERRIDES, "output_dir": str(root / "base"), "progress": False})
-    return prepare_demo(cfg)
+    """A tiny random model and sample data (tests/tiny_training.py), generated once for this module."""
+    return tiny_config(tmp_path_factory.mktemp("demo") / "base")
 
 
 def _adapter_arrays(run_dir):
@@ -74,7 +71,7 @@ def test_config_file_and_flags_and_unknown_keys(tmp_path):
                         use_defaults=lambda g: g.get("model") is None and g.get("data") is None)
     real = parse_config(TrainConfig, ["--data", "x"], prog="t", defaults=DEMO_OVERRIDES,
                         use_defaults=lambda g: g.get("model") is None and g.get("data") is None)
-    assert demo.resolution == 64 and real.resolution == 512
+    assert demo.resolution == DEMO_OVERRIDES["resolution"] == 128 and real.resolution == 512
 
 
 # ----------------------------------------------------------------------------------------------

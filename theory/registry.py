@@ -8,7 +8,14 @@ statement is refuted, a corrected :class:`Statement` that the same search must n
 Executable statement contract: ``quantity(inputs, static) <= bound(inputs, static)`` for every
 admissible input. Inputs are produced from a flat unconstrained vector ``raw`` by
 ``to_inputs(raw, static)``, which enforces the hypotheses by construction (so random sampling,
-hypothesis strategies and gradient ascent all search the admissible set only).
+hypothesis strategies and gradient ascent all search the admissible set only). The hypotheses
+are also written as a predicate ``check(inputs, static) -> {hypothesis: bool}``, evaluated on
+every stored counterexample and witness when it is replayed (and on each search's worst input),
+so an input that does not satisfy them cannot count.
+
+A ``witness(static) -> inputs`` is a closed-form admissible input at which the bound is nearly
+attained: quantity/bound there is a lower bound of the statement's tightness that does not
+depend on a search's luck (the proof gives the upper bound 1).
 """
 from __future__ import annotations
 
@@ -35,8 +42,19 @@ class Statement:
     tol: float = 1e-7              # relative slack before a ratio > 1 counts as a violation
     atol: float = 1e-12            # absolute slack (round-off) on quantity - bound
     proof: str = ""                # where the written proof is (docs/theory.md anchor)
-    check: str = ("random admissible samples + hypothesis arrays steered by target(log ratio) "
-                  "+ Adam ascent on log(quantity/bound), float64")
+    # the hypotheses as a predicate: check(inputs, static) -> {hypothesis: satisfied?}
+    check: Callable[[dict, dict], dict] | None = None
+    witness: Callable[[dict], dict] | None = None   # closed-form near-extremal inputs
+    witness_note: str = ""         # what the witness is
+    method: str = ("random admissible samples + hypothesis arrays steered by target(log ratio) "
+                   "+ Adam ascent on log(quantity/bound), float64")
+
+    def admissible(self, inputs: dict, static: dict) -> tuple[bool, dict]:
+        """(all hypotheses hold, {hypothesis: bool}) for concrete inputs."""
+        if self.check is None:
+            raise ValueError(f"statement {self.text[:60]!r} has no hypothesis predicate")
+        res = {k: bool(v) for k, v in self.check(inputs, static).items()}
+        return all(res.values()), res
 
 
 @dataclasses.dataclass
@@ -80,11 +98,11 @@ def get_claim(cid: str) -> Claim:
 def all_claims() -> list[Claim]:
     _load()
     order = ["C.1", "C.2", "C.3", "C.4", "C.5", "C.6", "C.7", "C.8", "C.9", "C.10", "C.11",
-             "C.12", "C.13", "C.14"]
+             "C.12", "C.13", "C.14", "C.7-sym", "C.8-sym"]
     return [REGISTRY[c] for c in order if c in REGISTRY] + [
         c for k, c in REGISTRY.items() if k not in order]
 
 
 def _load():
     # importing the claim modules registers them
-    from theory.claims import attention, ddim, loss  # noqa: F401
+    from theory.claims import attention, ddim, loss, symmetric  # noqa: F401

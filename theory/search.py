@@ -20,6 +20,7 @@ import numpy as np
 from theory.registry import Claim, Part, Statement
 
 CE_DIR = Path(__file__).parent / "counterexamples"
+WIT_DIR = Path(__file__).parent / "witnesses"
 
 
 @dataclasses.dataclass
@@ -30,7 +31,7 @@ class SearchConfig:
     steps: int = 80             # Adam steps per restart
     lr: float = 0.05
     seed: int = 0
-    max_grid: int = 2           # static configurations searched per statement (grid[:max_grid])
+    max_grid: int | None = None  # static configurations searched per statement (None: all)
 
     @classmethod
     def quick(cls):
@@ -38,7 +39,10 @@ class SearchConfig:
 
     @classmethod
     def full(cls):
-        return cls(n_random=96, n_hypothesis=80, restarts=4, steps=200, max_grid=8)
+        return cls(n_random=96, n_hypothesis=80, restarts=4, steps=200, max_grid=None)
+
+    def statics(self, grid):
+        return grid if self.max_grid is None else grid[: self.max_grid]
 
     def budget(self, n_static: int) -> dict:
         return {"static_configs": n_static, "random": self.n_random,
@@ -79,6 +83,8 @@ class SearchRecord:
     seconds: float
     samples: list  # (params dict, ratio) for plots
     by_method: dict
+    by_static: list = dataclasses.field(default_factory=list)  # per static config: worst ratio
+    worst_hypotheses: dict | None = None   # the predicate on the worst input
 
     @property
     def violated(self) -> bool:
@@ -117,9 +123,11 @@ def run_statement(stmt: Statement, cfg: SearchConfig, *, hypothesis: bool = True
     n_evals = 0
     samples = []
     by_method = {"random": -math.inf, "hypothesis": -math.inf, "adversarial": -math.inf}
+    by_static = []
     with jax.enable_x64(True):
-        for si, static in enumerate(stmt.grid[: cfg.max_grid]):
+        for si, static in enumerate(cfg.statics(stmt.grid)):
             f = jax.jit(_ratio(stmt, static))
+            local = {"r": -math.inf, "n": 0}
             pf = None
             if stmt.params is not None:
                 pf = jax.jit(lambda raw, static=static: stmt.params(stmt.to_inputs(raw, static), static))
@@ -130,8 +138,10 @@ def run_statement(stmt: Statement, cfg: SearchConfig, *, hypothesis: bool = True
                 q, b = f(raw)
                 r = _safe_ratio(q, b, stmt.atol)
                 n_evals += 1
+                local["n"] += 1
                 if math.isnan(r):
                     return r
+                local["r"] = max(local["r"], r)
                 by_method[method] = max(by_method[method], r)
                 if r > best["r"]:
                     best.update(r=r, static=static, raw=np.asarray(raw), q=float(q), b=float(b))
@@ -153,15 +163,21 @@ def run_statement(stmt: Statement, cfg: SearchConfig, *, hypothesis: bool = True
                 ascend = _make_ascent(stmt, static, cfg)
                 for r0, raw0 in starts[: cfg.restarts]:
                     consider(ascend(raw0), "adversarial", record=True)
-        worst_inputs = None
+            by_static.append({"static": _to_py(static), "worst_ratio": local["r"],
+                              "n_evals": local["n"]})
+        worst_inputs, worst_hyp = None, None
         if best["static"] is not None:
-            worst_inputs = _to_py(stmt.to_inputs(jnp.asarray(best["raw"]), best["static"]))
+            wi = stmt.to_inputs(jnp.asarray(best["raw"]), best["static"])
+            worst_inputs = _to_py(wi)
+            if stmt.check is not None:
+                worst_hyp = stmt.admissible(_from_py(worst_inputs), best["static"])[1]
     rec = SearchRecord(worst_ratio=best["r"], worst_static=best["static"],
                        worst_raw=None if best["raw"] is None else best["raw"].tolist(),
                        worst_inputs=worst_inputs, worst_q=best["q"], worst_b=best["b"],
-                       n_evals=n_evals, budget=cfg.budget(len(stmt.grid[: cfg.max_grid])),
+                       n_evals=n_evals, budget=cfg.budget(len(cfg.statics(stmt.grid))),
                        seconds=time.time() - t0, samples=samples,
-                       by_method={k: (v if math.isfinite(v) else None) for k, v in by_method.items()})
+                       by_method={k: (v if math.isfinite(v) else None) for k, v in by_method.items()},
+                       by_static=by_static, worst_hypotheses=worst_hyp)
     return rec.set_tol(stmt.tol)
 
 
@@ -243,9 +259,56 @@ def replay_counterexample(claim: Claim, part: Part, path: Path | None = None) ->
         static = data["static"]
         q = float(stmt.q(inputs, static))
         b = float(stmt.b(inputs, static))
+        ok, hyp = stmt.admissible(inputs, static)
     return {"quantity": q, "bound": b, "ratio": _safe_ratio(q, b, stmt.atol), "margin": q - b,
-            "stored_ratio": data["ratio"],
+            "stored_ratio": data["ratio"], "admissible": ok, "hypotheses": hyp,
             "violated": q > b * (1 + stmt.tol) + stmt.atol}
+
+
+# --------------------------------------------------------------------------- witnesses
+def wit_path(claim_id: str, part: str) -> Path:
+    return WIT_DIR / f"{claim_id.replace('.', '_')}__{part}.json"
+
+
+def evaluate_witness(stmt: Statement, statics=None) -> list[dict]:
+    """The closed-form witness of ``stmt`` at every static configuration of its grid (or of
+    ``statics``): quantity, bound, ratio (a lower bound of the tightness) and the hypotheses
+    predicate."""
+    out = []
+    with jax.enable_x64(True):
+        for static in (stmt.grid if statics is None else statics):
+            inputs = _from_py(_to_py(stmt.witness(static)))
+            q, b = float(stmt.q(inputs, static)), float(stmt.b(inputs, static))
+            ok, hyp = stmt.admissible(inputs, static)
+            out.append({"static": _to_py(static), "inputs": _to_py(inputs), "quantity": q,
+                        "bound": b, "ratio": q / b if b > 0 else math.nan,
+                        "admissible": ok, "hypotheses": hyp})
+    return out
+
+
+def save_witness(claim: Claim, part: Part, which: str, entries: list[dict]) -> Path:
+    WIT_DIR.mkdir(parents=True, exist_ok=True)
+    stmt = getattr(part, which)
+    p = wit_path(claim.id, part.name)
+    data = {"claim": claim.id, "part": part.name, "statement": which, "text": stmt.text,
+            "witness": stmt.witness_note, "entries": entries}
+    p.write_text(json.dumps(_to_py(data), indent=1, allow_nan=True) + "\n")
+    return p
+
+
+def replay_witness(claim: Claim, part: Part, path: Path | None = None) -> list[dict]:
+    """Recompute quantity, bound and hypotheses of a stored witness with the current code."""
+    data = json.loads(Path(path or wit_path(claim.id, part.name)).read_text())
+    stmt = getattr(part, data["statement"])
+    out = []
+    with jax.enable_x64(True):
+        for e in data["entries"]:
+            inputs, static = _from_py(e["inputs"]), e["static"]
+            q, b = float(stmt.q(inputs, static)), float(stmt.b(inputs, static))
+            ok, hyp = stmt.admissible(inputs, static)
+            out.append({"static": static, "ratio": q / b, "stored_ratio": e["ratio"],
+                        "admissible": ok, "hypotheses": hyp})
+    return out
 
 
 def eval_statement(stmt: Statement, inputs: dict, static: dict) -> tuple[float, float]:
@@ -264,9 +327,27 @@ def _run_cached(stmt, cfg, hypothesis):
     return _CACHE[key]
 
 
+_WCACHE: dict = {}
+
+
+def _witness_cached(stmt, cfg):
+    statics = cfg.statics(stmt.grid)
+    key = (id(stmt), len(statics))
+    if key not in _WCACHE:
+        _WCACHE[key] = evaluate_witness(stmt, statics)
+    return _WCACHE[key]
+
+
 def run_part(claim: Claim, part: Part, cfg: SearchConfig, *, save: bool = False,
-             hypothesis: bool = True, original: bool = True) -> dict:
-    """Search the paper's statement (unless ``original=False``) and the corrected one."""
+             hypothesis: bool = True, original: bool = True, witnesses: bool = True) -> dict:
+    """Search the paper's statement (unless ``original=False``) and the corrected one; evaluate
+    the witness of the statement whose tightness is reported.
+
+    Result keys: ``verdict`` (of the paper's statement), ``violation`` (its worst ratio when
+    refuted), ``tightness`` (the search's worst ratio of the corrected statement -- of the
+    paper's where it holds: a lower bound of the true tightness found with ``budget``),
+    ``tightness_witness`` (the closed-form witness's ratio, another lower bound) and
+    ``tightness_bracket`` ([best lower bound, 1]; 1 is the proof)."""
     res: dict[str, Any] = {"claim": claim.id, "part": part.name, "note": part.note}
     if part.custom is not None:
         res.update(part.custom(cfg))
@@ -276,6 +357,7 @@ def run_part(claim: Claim, part: Part, cfg: SearchConfig, *, save: bool = False,
         res["verdict"] = "refuted" if rec.violated else "holds"
         res["_orig_rec"] = rec
         if rec.violated:
+            res["violation"] = rec.worst_ratio
             p = ce_path(claim.id, part.name)
             if save or not p.exists():
                 save_counterexample(claim, part, rec)
@@ -286,20 +368,43 @@ def run_part(claim: Claim, part: Part, cfg: SearchConfig, *, save: bool = False,
         res["corrected"] = _summ(part.corrected, crec)
         res["corrected_verdict"] = "refuted" if crec.violated else "holds"
         res["_corr_rec"] = crec
-    # tightness: of the corrected statement when there is one, else of the original
-    src = res.get("corrected") or res.get("original")
-    if src is not None and "tightness" not in res:
+    # tightness: of the corrected statement when there is one, else of a holding original
+    which = "corrected" if part.corrected is not None else (
+        "original" if res.get("verdict") == "holds" else None)
+    if which is not None and "tightness" not in res:
+        src = res[which]
         res["tightness"] = src["worst_ratio"]
+        res["tightness_of"] = which
+        res["tightness_budget"] = src["budget"]
+        stmt = getattr(part, which)
+        lower = src["worst_ratio"]
+        if witnesses and stmt.witness is not None:
+            ent = _witness_cached(stmt, cfg)
+            p = wit_path(claim.id, part.name)
+            if (save or not p.exists()) and len(ent) == len(stmt.grid):
+                save_witness(claim, part, which, ent)
+            wr = max(e["ratio"] for e in ent)
+            res["tightness_witness"] = wr
+            res["witness"] = {"file": str(p.relative_to(WIT_DIR.parent.parent)),
+                              "note": stmt.witness_note, "ratio": wr,
+                              "admissible": all(e["admissible"] for e in ent),
+                              "by_static": [{"static": e["static"], "ratio": e["ratio"]}
+                                            for e in ent]}
+            lower = max(lower, wr)
+        if src.get("violated") is False:
+            # (a witness can exceed 1 by round-off, ~1e-14, where the bound is attained)
+            res["tightness_bracket"] = [min(lower, 1.0), 1.0]
     return res
 
 
 def _summ(stmt: Statement, rec: SearchRecord) -> dict:
     return {"text": stmt.text, "hypotheses": stmt.hypotheses, "quantity": stmt.quantity,
-            "bound": stmt.bound, "check": stmt.check, "proof": stmt.proof,
+            "bound": stmt.bound, "method": stmt.method, "proof": stmt.proof,
             "worst_ratio": rec.worst_ratio, "worst_q": rec.worst_q,
             "worst_b": rec.worst_b, "worst_static": rec.worst_static,
             "violated": rec.violated, "n_evals": rec.n_evals, "budget": rec.budget,
-            "by_method": rec.by_method, "seconds": round(rec.seconds, 2)}
+            "by_method": rec.by_method, "by_static": rec.by_static,
+            "worst_hypotheses": rec.worst_hypotheses, "seconds": round(rec.seconds, 2)}
 
 
 def run_claim(claim: Claim, cfg: SearchConfig, *, save: bool = False, symbolic: bool = True,

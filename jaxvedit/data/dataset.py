@@ -162,7 +162,8 @@ class ClipDataset:
 
     def __init__(self, folder, *, encoders: Encoders, frames: int, resolution: int,
                  frame_stride: int = 1, max_frames: int = 64, cache_dir=None, seed: int = 0,
-                 log: Callable[[str], None] = print):
+                 log: Callable[[str], None] = print,
+                 depth_fn: Callable[[np.ndarray], np.ndarray] | None = None):
         if frames < 3:
             raise ValueError(f"clips need at least 3 frames for the temporal loss, got frames={frames}")
         self.folder = Path(folder)
@@ -175,8 +176,11 @@ class ClipDataset:
         self.cache_dir = Path(cache_dir) if cache_dir else self.folder / ".jaxvedit_cache"
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         settings = {"resolution": resolution, "max_frames": max_frames, "version": 1}
+        if depth_fn is not None:  # computed depth maps are part of the cache entry
+            settings["depth_fn"] = getattr(depth_fn, "fingerprint", "auto")
         self.videos: list[CachedVideo] = []
         self.skipped: list[str] = []
+        self.depth_problems: dict[str, str] = {}  # video -> why its depth maps were not used
         hits = 0
         for rec in records:
             if not rec.path.exists():  # a video file or a folder of frames
@@ -208,10 +212,16 @@ class ClipDataset:
             depth = None
             if rec.depth is not None:
                 try:
+                    from jaxvedit.models.depth import check_depth_maps
+
                     d = vio.read_video(rec.depth, max_frames=max_frames).frames
-                    depth = vio.resize_center_crop(d, resolution)[: video.num_frames]
+                    check_depth_maps(d, video.num_frames, video.frames.shape[1:3], str(rec.depth))
+                    depth = vio.resize_center_crop(d, resolution)
                 except Exception as err:
-                    log(f"{rec.depth}: depth maps do not decode ({err}); training without them")
+                    self.depth_problems[str(rec.path)] = str(err)
+                    log(f"{rec.depth}: depth maps unusable ({err}); training without them")
+            if depth is None and depth_fn is not None:  # --depth auto
+                depth = np.asarray(depth_fn(frames_rgb), np.uint8)
             lat = np.asarray(encoders.latents(frames_rgb), np.float32)
             vis = None if encoders.vision is None else np.asarray(encoders.vision(frames_rgb), np.float32)
             self._write_cache(cache_file, lat, vis, depth, video.fps)
@@ -256,7 +266,7 @@ class ClipDataset:
         encoded), ``caption_index (B,)`` into :attr:`captions`."""
         rng = np.random.default_rng([self.seed, position])
         index = {c: i for i, c in enumerate(self.captions)}
-        lat, vis, cap = [], [], []
+        lat, vis, cap, dep = [], [], [], []
         for _ in range(batch_size):
             v = self.videos[int(rng.integers(len(self.videos)))]
             starts = vio.sample_clip_starts(len(v.latents), self.frames, self.stride)
@@ -265,8 +275,12 @@ class ClipDataset:
             lat.append(v.latents[sel])
             if v.vision is not None:
                 vis.append(v.vision[sel])
+            if v.depth is not None:
+                dep.append(v.depth[sel])
             cap.append(index[v.record.captions[int(rng.integers(len(v.record.captions)))]])
         out = {"latents": np.stack(lat), "caption_index": np.asarray(cap, np.int32)}
         if vis:
             out["vision"] = np.stack(vis)
+        if dep and len(dep) == batch_size:  # depth maps (B, T, H, W, 3) uint8, for a ControlNet
+            out["depth"] = np.stack(dep)
         return out

@@ -8,7 +8,11 @@ or hosts (each its own accelerator) prepare one store together, in one folder. A
 resumable: a shard whose index exists and whose sources (video files, captions, depth maps) are
 unchanged is kept; every other shard of the process is (re)written, atomically. Videos that are
 missing, do not decode, or have fewer than ``min_frames`` frames are skipped and listed in the
-shard index and in ``report.json``.
+shard index and in ``report.json``. Depth maps (for a depth ControlNet) are stored gray, one
+channel, in the frame records: read from ``depth/<video>`` (checked against the video: one map a
+frame, the frames' aspect ratio) or, with ``--depth-model``, computed where none are usable
+(:func:`jaxvedit.models.depth.compute_depth`); a video whose maps are unusable is kept without
+them, the reason in its index entry (``depth_problem``).
 """
 
 from __future__ import annotations
@@ -50,6 +54,10 @@ class PrepareConfig:
                                    "model")
     vision: bool = opt(True, "store CLIP vision hidden states of every frame", "model")
     depth: bool = opt(True, "store the depth maps of depth/<video> when the dataset has them", "model")
+    depth_model: str | None = opt(None, "compute the depth maps missing from depth/<video> (or "
+                                  "unusable there) with this Depth Anything model: transformers "
+                                  "folder or repo id (train's --depth auto; default: none computed)",
+                                  "model")
     dtype: Literal["bfloat16", "float32"] = opt("bfloat16", "encoder compute dtype and stored dtype "
                                                 "of latents and vision states", "model")
     resolution: int = opt(512, "frames are resized and center-cropped to this square size", "video")
@@ -87,7 +95,18 @@ def store_key(encoders_fingerprint: str, cfg: PrepareConfig) -> str:
     return st.digest({"encoders": encoders_fingerprint, "dtype": cfg.dtype,
                       "resolution": cfg.resolution, "max_frames": cfg.max_frames,
                       "min_frames": cfg.min_frames, "vision": cfg.vision, "depth": cfg.depth,
-                      "version": st.VERSION})
+                      **({"depth_model": depth_model_fingerprint(cfg.depth_model)}
+                         if cfg.depth_model else {}), "version": st.VERSION})
+
+
+def depth_model_fingerprint(source: str | None) -> str | None:
+    """The Depth Anything model's fingerprint (its files), part of the store's identity."""
+    if source is None:
+        return None
+    from jaxvedit.models.depth import _fingerprint
+    from jaxvedit.models.depth_anything import resolve_depth_folder
+
+    return _fingerprint(resolve_depth_folder(source))
 
 
 def default_store_path(data: str | os.PathLike, key: str) -> Path:
@@ -112,12 +131,12 @@ def _shard_sources(folder: Path, recs: list[VideoRecord], use_depth: bool) -> st
     return st.digest(rows)
 
 
-def _read_depth(path: Path, max_frames: int, resolution: int, n: int) -> np.ndarray:
+def _read_depth(path: Path, max_frames: int, resolution: int, video) -> np.ndarray:
+    from jaxvedit.models.depth import check_depth_maps
+
     d = vio.read_video(path, max_frames=max_frames).frames
-    d = vio.resize_center_crop(d, resolution)[:, :, :, :1]  # gray: one channel
-    if len(d) < n:
-        raise ValueError(f"{len(d)} depth frames for {n} video frames")
-    return np.ascontiguousarray(d[:n])
+    check_depth_maps(d, video.num_frames, video.frames.shape[1:3], str(path))
+    return np.ascontiguousarray(vio.resize_center_crop(d, resolution)[:, :, :, :1])  # gray: one channel
 
 
 class _Skip(Exception):
@@ -134,16 +153,22 @@ def _encode_video(rec: VideoRecord, cfg: PrepareConfig, enc, folder: Path):
     if video.num_frames < cfg.min_frames:
         raise _Skip(f"has {video.num_frames} frames, fewer than --min-frames {cfg.min_frames}")
     frames = vio.resize_center_crop(video.frames, cfg.resolution)
-    depth = None
+    depth, problem = None, None
     if cfg.depth and rec.depth is not None:
         try:
-            depth = _read_depth(rec.depth, cfg.max_frames, cfg.resolution, len(frames))
-        except Exception as err:
-            raise _Skip(f"depth maps {rec.depth} do not decode ({type(err).__name__}: {err})") from None
+            depth = _read_depth(rec.depth, cfg.max_frames, cfg.resolution, video)
+        except Exception as err:  # the video is kept; a ControlNet run names it (check_depth)
+            problem = f"depth maps {rec.depth} unusable ({type(err).__name__}: {err})"
+    if depth is None and cfg.depth_model:  # train's --depth auto
+        from jaxvedit.models.depth import compute_depth
+
+        depth = np.ascontiguousarray(np.asarray(compute_depth(frames, model=cfg.depth_model),
+                                                np.uint8)[..., :1])  # gray, repeated in 3
+        problem = None
     lat = enc.latents(frames)
     vis = enc.vision(frames) if enc.vision is not None else None
     ids = enc.tokenize(rec.captions)
-    return frames, video.fps, lat, vis, depth, ids
+    return frames, video.fps, lat, vis, depth, problem, ids
 
 
 def _write_shard(j: int, recs: list[VideoRecord], cfg: PrepareConfig, enc, out: Path, folder: Path,
@@ -158,7 +183,7 @@ def _write_shard(j: int, recs: list[VideoRecord], cfg: PrepareConfig, enc, out: 
     try:
         for rec in recs:
             try:
-                frames, fps, lat, vis, depth, ids = _encode_video(rec, cfg, enc, folder)
+                frames, fps, lat, vis, depth, problem, ids = _encode_video(rec, cfg, enc, folder)
             except _Skip as s:
                 skipped.append({"video": str(rec.path), "reason": str(s)})
                 log(f"skipping {rec.path}: {s}")
@@ -173,7 +198,10 @@ def _write_shard(j: int, recs: list[VideoRecord], cfg: PrepareConfig, enc, out: 
             n_rec += len(lat) + len(rec.captions)
             videos.append({"name": rec.path.stem, "source": os.path.relpath(rec.path, folder),
                            "first": first, "frames": int(len(lat)), "captions": len(rec.captions),
-                           "vision": vis is not None, "depth": depth is not None, "fps": float(fps)})
+                           "vision": vis is not None, "depth": depth is not None, "fps": float(fps),
+                           **({"depth_problem": problem} if problem else {})})
+            if problem:
+                log(f"{rec.path}: {problem}; kept without depth maps")
             if not (out / st.VALIDATION).is_file():  # the first usable video: validation clip
                 _write_validation(out / st.VALIDATION, frames, rec, fps)
             bar.update()
@@ -195,7 +223,7 @@ def _write_validation(path: Path, frames, rec: VideoRecord, fps: float, n: int =
 
 def _manifest(cfg: PrepareConfig, enc, records, folder: Path, layout: str) -> dict:
     n_shards = max(1, -(-len(records) // cfg.videos_per_shard))
-    has_depth = cfg.depth and any(r.depth is not None for r in records)
+    has_depth = bool(cfg.depth_model) or (cfg.depth and any(r.depth is not None for r in records))
     return {
         "format": st.FORMAT, "version": st.VERSION,
         "model": enc.model, "vision_model": enc.vision_model, "model_fingerprint": enc.fingerprint,
@@ -204,6 +232,7 @@ def _manifest(cfg: PrepareConfig, enc, records, folder: Path, layout: str) -> di
         "min_frames": cfg.min_frames, "latent_shape": list(enc.latent_shape),
         "vision_shape": list(enc.vision_shape) if enc.vision_shape else None,
         "depth": has_depth, "depth_shape": [cfg.resolution, cfg.resolution, 1] if has_depth else None,
+        "depth_model": cfg.depth_model, "depth_model_fingerprint": depth_model_fingerprint(cfg.depth_model),
         "token_length": enc.token_length, "num_shards": n_shards,
         "videos_per_shard": cfg.videos_per_shard, "num_videos_listed": len(records),
         "sources_fingerprint": st.digest([[os.path.relpath(r.path, folder), r.captions] for r in records]),

@@ -41,8 +41,8 @@ VALIDATION = "validation.npz"
 # the manifest keys that define what the records mean: a store is reused (resumed) only when
 # they are equal, and the trainer checks them against its own model and settings
 IDENTITY_KEYS = ("model_fingerprint", "vision_fingerprint", "dtype", "resolution", "max_frames", "vision_shape",
-                 "depth", "token_length", "videos_per_shard", "num_shards", "sources_fingerprint",
-                 "compression")
+                 "depth", "depth_model_fingerprint", "token_length", "videos_per_shard", "num_shards",
+                 "sources_fingerprint", "compression")
 
 
 class StoreError(ValueError):
@@ -268,6 +268,21 @@ class ClipStore:
             if vision_dim is not None and self.vision_shape[-1] != vision_dim:
                 raise StoreError(f"store {self.path} holds vision states of width "
                                  f"{self.vision_shape[-1]}, the vision tower has {vision_dim}")
+
+
+    def check_depth(self, controlnet: str) -> None:
+        """A ControlNet run needs depth maps for every video: name the ones without, and why."""
+        if bool(self.index.has_depth.all()):
+            return
+        missing = []
+        for i in range(len(self.shard_records)):
+            missing += [(v["source"], v.get("depth_problem")) for v in self.shard_index(i)["videos"]
+                        if not v["depth"]]
+        why = "; ".join(f"{m}: {p}" for m, p in missing[:3] if p)
+        raise StoreError(f"--controlnet {controlnet} needs a depth map per frame, but {len(missing)} "
+                         f"video(s) of store {self.path} have none (e.g. {[m for m, _ in missing[:3]]})"
+                         + (f" [{why}]" if why else "") + ": put them in <data>/depth/{video stem} "
+                         "or use --depth auto (python -m jaxvedit.prepare --depth-model ...)")
 
 
 def open_store(path) -> ClipStore:

@@ -45,6 +45,11 @@ from jaxvedit.diffusion.schedules import (
     squaredcos_cap_v2_betas,
     torch_linspace_float32,
 )
+from jaxvedit.diffusion.symmetric_bilateral import (
+    apply_symmetric_bilateral,
+    symmetric_bilateral_filter,
+    symmetric_bilateral_weights,
+)
 
 __all__ = [
     "AUTHORS_FEATURE_PATHS",
@@ -54,6 +59,7 @@ __all__ = [
     "SD15_SCHEDULER_CONFIG",
     "Schedule",
     "add_noise",
+    "apply_symmetric_bilateral",
     "bilateral_filter_frames",
     "bilateral_filter_latent",
     "cumprod_float32",
@@ -80,5 +86,7 @@ __all__ = [
     "scaled_linear_betas",
     "sd15_schedule",
     "squaredcos_cap_v2_betas",
+    "symmetric_bilateral_filter",
+    "symmetric_bilateral_weights",
     "torch_linspace_float32",
 ]

@@ -34,6 +34,8 @@ from flax import nnx
 
 from jaxvedit.diffusion.bilateral import _bilateral_frames, _bilateral_latent, _check_sigma
 from jaxvedit.diffusion.ddim import ddim_step
+from jaxvedit.diffusion.symmetric_bilateral import _apply as _symmetric_apply
+from jaxvedit.diffusion.symmetric_bilateral import _weights as _symmetric_weights
 from jaxvedit.diffusion.schedules import NoiseSchedule
 from jaxvedit.models.hooks import FeatureHooks
 
@@ -52,7 +54,7 @@ AUTHORS_FEATURE_PATHS: tuple[str, ...] = (
     "up_blocks.3.attentions.1.transformer_blocks.0.attn1",
 )
 
-_MODES = ("none", "latent", "features")
+_MODES = ("none", "latent", "features", "symmetric")
 
 
 def default_feature_paths(unet: Any = None) -> tuple[str, ...]:
@@ -85,8 +87,15 @@ class BilateralFilterConfig:
         (``kernel_size``, ``sigma_spatial``, ``sigma_range``). With CFG each guidance branch is
         filtered separately (the authors' hook runs over the concatenated batch). A batch that
         holds several videos of ``video_frames`` frames each is filtered video by video.
+      - ``"symmetric"`` (not in the paper; docs/theory.md, "a filter for which Lemma C.7
+        holds"): before every step, ``x_t <- P x_t`` with the symmetric doubly stochastic
+        bilateral matrix ``P`` of
+        :mod:`~jaxvedit.diffusion.symmetric_bilateral`, computed once from the latents the loop
+        starts from (the clean source latents x_0 in :func:`ddim_invert`) with ``radius``,
+        ``sigma_spatial``, ``sigma_range``, ``range_mode`` (relative: to the guide's std),
+        ``window`` and ``sinkhorn_iters``; linear and non-expansive in x_t.
 
-    ``sigma_range`` defaults to 0.1 (latent, absolute units) or 1.0 (features).
+    ``sigma_range`` defaults to 0.1 (latent and symmetric, absolute units) or 1.0 (features).
     """
 
     mode: str = "latent"
@@ -97,6 +106,7 @@ class BilateralFilterConfig:
     window: str = "square"
     kernel_size: int = 5
     feature_paths: tuple[str, ...] | None = None
+    sinkhorn_iters: int = 30
     video_frames: int | None = None  # features: frames per video in the batch (None: one video)
 
     def __post_init__(self):
@@ -104,13 +114,16 @@ class BilateralFilterConfig:
             raise ValueError(f"filter mode must be one of {_MODES}, got {self.mode!r}")
         if self.mode == "none":
             return
-        if self.mode == "latent":
+        if self.mode in ("latent", "symmetric"):
             if isinstance(self.radius, bool) or int(self.radius) != self.radius or self.radius < 1:
                 raise ValueError(f"radius must be an integer >= 1, got {self.radius!r}")
             if self.range_mode not in ("absolute", "relative"):
                 raise ValueError(f"range_mode must be 'absolute' or 'relative', got {self.range_mode!r}")
             if self.window not in ("square", "disk"):
                 raise ValueError(f"window must be 'square' or 'disk', got {self.window!r}")
+            k = self.sinkhorn_iters
+            if self.mode == "symmetric" and (isinstance(k, bool) or int(k) != k or k < 0):
+                raise ValueError(f"sinkhorn_iters must be an integer >= 0, got {k!r}")
         else:
             k = self.kernel_size
             if isinstance(k, bool) or int(k) != k or k < 3 or k % 2 == 0:
@@ -142,6 +155,10 @@ class BilateralFilterConfig:
     def features(cls, **kwargs) -> "BilateralFilterConfig":
         return cls(mode="features", **kwargs)
 
+    @classmethod
+    def symmetric(cls, **kwargs) -> "BilateralFilterConfig":
+        return cls(mode="symmetric", **kwargs)
+
 
 FilterConfig = BilateralFilterConfig
 
@@ -156,7 +173,7 @@ def _as_filter(filter) -> BilateralFilterConfig:
     if isinstance(filter, dict):
         return BilateralFilterConfig(**filter)
     raise ValueError(
-        f"filter must be None, 'none'/'latent'/'features', a dict or a BilateralFilterConfig, got {filter!r}"
+        f"filter must be None, 'none'/'latent'/'features'/'symmetric', a dict or a BilateralFilterConfig, got {filter!r}"
     )
 
 
@@ -221,6 +238,7 @@ class _LoopSpec:
     kernel_radius: int
     feature_paths: tuple[str, ...]
     return_trajectory: bool
+    sinkhorn_iters: int = 0
     video_frames: int = 0  # 0: the batch is one video
 
 
@@ -272,8 +290,15 @@ def _ddim_loop(params, x, ctx, uctx, ts, a_cur, a_next, guidance, eta, key, fsig
             out = e_u + guidance.astype(xin.dtype) * (e_c - e_u)  # classifier-free guidance
         return out
 
+    if spec.filter_mode == "symmetric":
+        # weights once, from the latents the loop starts from (the guide)
+        P = _symmetric_weights(x, ss, sr, radius=spec.radius, relative=spec.relative,
+                               window=spec.window, iterations=spec.sinkhorn_iters)
+
     def body(xc, inp):
         t, ac, an, k = inp
+        if spec.filter_mode == "symmetric":
+            xc = _symmetric_apply(xc, P, radius=spec.radius, window=spec.window)
         if spec.filter_mode == "latent":
             # eq. 9-11: x'_t = B(x_t)
             xc = _bilateral_latent(
@@ -375,6 +400,7 @@ def _run(
         kernel_radius=int(flt.kernel_size) // 2,
         feature_paths=tuple(paths) if flt.mode == "features" else (),
         return_trajectory=bool(return_trajectory),
+        sinkhorn_iters=int(flt.sinkhorn_iters) if flt.mode == "symmetric" else 0,
         video_frames=int(flt.video_frames or 0) if flt.mode == "features" else 0,
     )
     if spec.video_frames and B % spec.video_frames:
@@ -426,8 +452,8 @@ def ddim_invert(
             only when ``guidance_scale != 1`` (then ``uncond_context`` is required); at 1 the
             unconditional branch is skipped.
         schedule: :class:`NoiseSchedule` (or a diffusers scheduler config dict / path).
-        filter: ``None`` / ``"none"`` / ``"latent"`` / ``"features"`` / a
-            :class:`BilateralFilterConfig`.
+        filter: ``None`` / ``"none"`` / ``"latent"`` / ``"features"`` / ``"symmetric"`` / a
+            :class:`BilateralFilterConfig` (``"symmetric"`` takes ``latents`` as its guide).
         return_trajectory: also return the ``(n+1, B, H, W, C)`` trajectory: ``[0]`` is the
             input, ``[i]`` the latent after step ``i`` (at noise level
             ``inverse_timesteps(n)[i-1]``); ``[-1]`` is the returned result.

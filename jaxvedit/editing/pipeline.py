@@ -59,6 +59,12 @@ def filter_config(cfg: EditConfig, unet=None) -> BilateralFilterConfig:
         return BilateralFilterConfig.latent(radius=cfg.filter_radius, sigma_spatial=cfg.filter_sigma_spatial,
                                             sigma_range=cfg.filter_sigma_range,
                                             range_mode=cfg.filter_range_mode, window=cfg.filter_window)
+    if cfg.filter == "symmetric":
+        return BilateralFilterConfig.symmetric(radius=cfg.filter_radius,
+                                               sigma_spatial=cfg.filter_sigma_spatial,
+                                               sigma_range=cfg.filter_sigma_range,
+                                               range_mode=cfg.filter_range_mode,
+                                               window=cfg.filter_window)
     paths = tuple(cfg.filter_paths) or default_feature_paths(unet)
     return BilateralFilterConfig.features(kernel_size=cfg.filter_kernel_size,
                                           sigma_spatial=cfg.filter_sigma_spatial,
@@ -101,8 +107,9 @@ def _jit_method(module, fn):
     return lambda x: run(state, x)
 
 
-def _batched(fn, x: np.ndarray, batch: int) -> np.ndarray:
-    """``fn`` over ``x`` in batches of one fixed size (last one padded): one compiled program."""
+def _batched(fn, x: np.ndarray, batch: int, pre=None, post=None) -> np.ndarray:
+    """``fn`` over ``x`` in batches of one fixed size (last one padded): one compiled program.
+    ``pre`` / ``post`` convert each batch on the host (so a whole clip is never held in float)."""
     n = len(x)
     bs = max(1, min(batch, n))
     out = []
@@ -111,7 +118,8 @@ def _batched(fn, x: np.ndarray, batch: int) -> np.ndarray:
         pad = bs - len(part)
         if pad:
             part = np.concatenate([part, np.repeat(part[-1:], pad, axis=0)])
-        out.append(np.asarray(fn(jnp.asarray(part)))[:bs - pad])
+        y = np.asarray(fn(jnp.asarray(part if pre is None else pre(part))))[:bs - pad]
+        out.append(y if post is None else post(y))
     return np.concatenate(out)
 
 
@@ -132,7 +140,7 @@ class Editor:
 
     def __init__(self, model: str, *, adapter: str | None = None, vision_model: str | None = None,
                  dtype: str = "float32", lora_merge: bool = False, lora_ratio: float = 0.5,
-                 batch_frames: int = 8):
+                 batch_frames: int = 8, controlnet: str | None = None):
         from jaxvedit.models import load_components
         from jaxvedit.models.clip import load_tokenizer
         from jaxvedit.models.loading import resolve_source
@@ -153,7 +161,13 @@ class Editor:
         self._encode = _jit_method(self.vae, lambda m, x: m.encode_to_latents(x))
         self._decode = _jit_method(self.vae, lambda m, z: m.decode_latents(z))
         self._text = _jit_method(self.text_encoder, lambda m, ids: m(ids).last_hidden_state)
-        self.lora = self.text_lora = self.tokens = self.vision = self.dape = None
+        self.lora = self.text_lora = self.tokens = self.vision = self.dape = self.controlnet = None
+        if controlnet is not None:  # jaxvedit.editing.controlnet
+            from jaxvedit.models.controlnet import check_controlnet_fits_unet
+            from jaxvedit.models.controlnet_io import load_controlnet
+
+            self.controlnet = load_controlnet(controlnet, dtype=jdtype)
+            check_controlnet_fits_unet(self.controlnet, self.unet)
         self.unshared = True
         self.adapter_path, self.adapter_notes = adapter, []
         # a merged LoRA is merged per edit (at that edit's ratio) and the exact base kernels are
@@ -175,11 +189,27 @@ class Editor:
         self._decode = _jit_method(vae, lambda m, z: m.decode_latents(z))
         self._text = _jit_method(text_encoder, lambda m, ids: m(ids).last_hidden_state)
         self.lora, self.tokens, self.vision = lora, tokens, vision
-        self.text_lora = self.dape = None
+        self.text_lora = self.dape = self.controlnet = None  # validation edits: no ControlNet
         self.unshared = vision is not None  # prompt tokens without a tower: the shared part only
         self.adapter_notes, self.lora_merge = [], False
         if vision is not None:
             self._vision = _jit_method(vision, lambda m, x: m(x).last_hidden_state)
+        return self
+
+    @classmethod
+    def from_components(cls, unet, vae, text_encoder, tokenizer, schedule: NoiseSchedule | None = None,
+                        *, batch_frames: int = 8) -> "Editor":
+        """An editor on models already built (no folder, no adapter): benchmarks, random
+        weights."""
+        self = cls.__new__(cls)
+        self.batch_frames, self.root, self.adapter_path = batch_frames, None, None
+        self.unet, self.vae, self.text_encoder, self.tokenizer = unet, vae, text_encoder, tokenizer
+        self.schedule = schedule if schedule is not None else NoiseSchedule.sd15()
+        self._encode = _jit_method(self.vae, lambda m, x: m.encode_to_latents(x))
+        self._decode = _jit_method(self.vae, lambda m, z: m.decode_latents(z))
+        self._text = _jit_method(self.text_encoder, lambda m, ids: m(ids).last_hidden_state)
+        self.lora = self.text_lora = self.tokens = self.vision = self.dape = self.controlnet = None
+        self.unshared, self.adapter_notes, self.lora_merge = True, [], False
         return self
 
     # -- adapter
@@ -200,13 +230,13 @@ class Editor:
     def encode_frames(self, frames: np.ndarray) -> np.ndarray:
         from jaxvedit.data.video import to_model_range
 
-        return _batched(self._encode, to_model_range(frames), self.batch_frames)
+        return _batched(self._encode, np.asarray(frames), self.batch_frames, pre=to_model_range)
 
     def decode_latents(self, latents: np.ndarray) -> np.ndarray:
         from jaxvedit.data.video import from_model_range
 
-        x = _batched(self._decode, np.asarray(latents, np.float32), self.batch_frames)
-        return from_model_range(x)
+        return _batched(self._decode, np.asarray(latents, np.float32), self.batch_frames,
+                        post=from_model_range)
 
     def text_embeddings(self, prompts: list[str], text_lora_ratio: float | None = None) -> np.ndarray:
         """``text_lora_ratio``: through the text-encoder LoRA at that ratio (None: plain)."""
@@ -244,19 +274,27 @@ class Editor:
              seed: int = 0, filter: BilateralFilterConfig | None = None, cross_frame: bool = False,
              use_adapter: bool = True, lora_tau: float = 0.9, lora_ratio: float = 0.5,
              reconstruct: bool = False, latents: np.ndarray | None = None,
-             progress: bool = True) -> EditResult:
-        """Edit ``frames (T, H, W, 3) uint8`` (already at the working resolution)."""
+             progress: bool = True, negative_prompt: str = "", control=None,
+             controlnet_scale: float = 1.0, guess_mode: bool = False, control_start: float = 0.0,
+             control_end: float = 1.0, control_inversion: bool = True,
+             use_controlnet: bool = True) -> EditResult:
+        """Edit ``frames (T, H, W, 3) uint8`` (already at the working resolution).
+        ``negative_prompt`` replaces the empty prompt in the sampling's guidance. With a
+        ControlNet, ``control`` holds one conditioning image (depth map) per frame."""
         from tqdm.auto import tqdm
 
         if not prompt or not prompt.strip():
             raise ValueError("empty prompt: give the target prompt")
+        if negative_prompt and float(guidance_scale) == 1.0:
+            raise ValueError("a negative prompt needs guidance_scale != 1 (at guidance 1 the "
+                             "unconditional branch, where the negative prompt goes, is not evaluated)")
         t0 = time.perf_counter()
         x0 = self.encode_frames(frames) if latents is None else np.asarray(latents, np.float32)
         t_enc = time.perf_counter() - t0
         use_lora = use_adapter and self.lora is not None
         merge = use_lora and self.lora_merge
-        src, tgt, unc = self.contexts(frames, [source_prompt, prompt, ""], use_adapter,
-                                      lora_ratio if use_adapter else None)
+        src, tgt, unc, neg = self.contexts(frames, [source_prompt, prompt, "", negative_prompt],
+                                           use_adapter, lora_ratio if use_adapter else None)
         n = len(x0)
         bf = min(self.batch_frames, n)
         chunks = chunk_indices(n, bf, carry_first=cross_frame)
@@ -264,6 +302,18 @@ class Editor:
                              lora_tau=lora_tau, lora_ratio=lora_ratio,
                              cross_frame_group=bf if cross_frame else 0,
                              dape=self.dape if use_adapter else None)
+        inv_pred, ctl = pred, None
+        if use_controlnet and (self.controlnet is not None or control is not None):
+            from jaxvedit.editing.controlnet import EditControl
+
+            if control is None:
+                raise ValueError("missing conditioning image: this editor has a ControlNet; give "
+                                 "control= (one depth map per frame)")
+            ctl = EditControl(self.controlnet, control, num_frames=n, frame_size=frames.shape[1:3],
+                              schedule=self.schedule, steps=steps, conditioning_scale=controlnet_scale,
+                              guess_mode=guess_mode, start=control_start, end=control_end,
+                              inversion=control_inversion)
+            inv_pred, pred = ctl.wrap(pred)
         flt = filter if filter is not None else BilateralFilterConfig.none()
         if flt.mode == "features" and flt.feature_paths is None:
             flt = dataclasses.replace(flt, feature_paths=default_feature_paths(self.unet))
@@ -283,17 +333,21 @@ class Editor:
         try:
             for ci, (idx, keep) in enumerate(chunks):
                 x = jnp.asarray(x0[idx])
-                cs, ct, cu = (jnp.asarray(per_frame(c, idx)) for c in (src, tgt, unc))
+                cs, ct, cu, cn = (jnp.asarray(per_frame(c, idx)) for c in (src, tgt, unc, neg))
+                if ctl is not None:
+                    ctl.set_chunk(idx)
                 bar.set_postfix_str(f"chunk {ci + 1}/{len(chunks)}: invert", refresh=False)
-                inv = ddim_invert(pred, x, cs, self.schedule, num_inference_steps=steps,
+                inv = ddim_invert(inv_pred, x, cs, self.schedule, num_inference_steps=steps,
                                   guidance_scale=inv_g, uncond_context=cu if inv_g != 1 else None,
                                   filter=flt)
+                jax.block_until_ready(inv)  # the bar counts finished work, not dispatched work
                 bar.update()
                 bar.set_postfix_str(f"chunk {ci + 1}/{len(chunks)}: sample", refresh=False)
                 ed = ddim_sample(pred, inv, ct, self.schedule, num_inference_steps=steps,
                                  guidance_scale=guidance_scale,
-                                 uncond_context=cu if guidance_scale != 1 else None, eta=eta,
+                                 uncond_context=cn if guidance_scale != 1 else None, eta=eta,
                                  key=jax.random.fold_in(key, ci) if eta > 0 else None)
+                jax.block_until_ready(ed)
                 bar.update()
                 sel, dst = np.asarray(keep), np.asarray(idx)[keep]
                 xT[dst] = np.asarray(inv)[sel]
@@ -301,7 +355,7 @@ class Editor:
                 if reconstruct:
                     bar.set_postfix_str(f"chunk {ci + 1}/{len(chunks)}: reconstruct", refresh=False)
                     r = ddim_sample(pred, inv, cs, self.schedule, num_inference_steps=steps)
-                    rec[dst] = np.asarray(r)[sel]
+                    rec[dst] = np.asarray(r)[sel]  # blocks
                     bar.update()
         finally:
             bar.close()
@@ -337,12 +391,13 @@ def prepare_demo(cfg: EditConfig) -> EditConfig:
 
 
 def load_source_frames(cfg: EditConfig):
-    """The selected source frames at the working resolution, and the output frame rate."""
+    """The selected source frames at the working size (``cfg.size``), and the output frame rate."""
     from jaxvedit.data.video import read_video, resize_center_crop
 
     video = read_video(cfg.video, start=cfg.start, stop=cfg.stop, stride=cfg.stride,
                        max_frames=cfg.max_frames, fps=cfg.fps)
-    return resize_center_crop(video.frames, cfg.resolution), float(video.fps)
+    size = getattr(cfg, "size", (cfg.resolution, cfg.resolution))
+    return resize_center_crop(video.frames, size), float(video.fps)
 
 
 def edit_video(cfg: EditConfig) -> dict:
@@ -375,18 +430,57 @@ def edit_video(cfg: EditConfig) -> dict:
             raise FileNotFoundError(f"frames output folder's parent does not exist: {fo.parent} "
                                     f"(writing {fo}); create it first")
     frames, fps = load_source_frames(cfg)
-    _log(f"source: {cfg.video}: {len(frames)} frames at {fps:g} fps, {cfg.resolution}x{cfg.resolution}")
+    (h, w) = cfg.size
+    _log(f"source: {cfg.video}: {len(frames)} frames at {fps:g} fps, {w}x{h}")
+    if cfg.method == "tokenflow":
+        from jaxvedit.editing.tokenflow import check_tokenflow_options
+
+        check_tokenflow_options(len(frames), batch_size=cfg.tokenflow_batch,
+                                keyframe_group=cfg.keyframe_group, pnp_f_t=cfg.pnp_f_t,
+                                pnp_attn_t=cfg.pnp_attn_t, steps=cfg.steps)
     t0 = time.perf_counter()
+    from jaxvedit.editing.controlnet import source_depth
+
+    control = source_depth(cfg, frames)
     editor = Editor(cfg.model, adapter=cfg.adapter, vision_model=cfg.vision_model, dtype=cfg.dtype,
-                    lora_merge=cfg.lora_merge, lora_ratio=cfg.lora_ratio, batch_frames=cfg.batch_frames)
+                    lora_merge=cfg.lora_merge, lora_ratio=cfg.lora_ratio, batch_frames=cfg.batch_frames,
+                    controlnet=cfg.controlnet)
     t_load = time.perf_counter() - t0
-    res = editor.edit(frames, prompt=cfg.prompt, source_prompt=cfg.source_prompt, steps=cfg.steps,
-                      guidance_scale=cfg.guidance_scale, inversion_guidance=cfg.inversion_guidance,
-                      eta=cfg.eta, seed=cfg.seed, filter=filter_config(cfg, editor.unet),
-                      cross_frame=cfg.cross_frame, use_adapter=True, lora_tau=cfg.lora_tau,
-                      lora_ratio=cfg.lora_ratio, progress=cfg.progress)
+    if cfg.method == "tokenflow":
+        from jaxvedit.editing.tokenflow import tokenflow_edit
+
+        if cfg.controlnet:
+            raise ValueError("--controlnet is not supported with --method tokenflow (yet)")
+        res = tokenflow_edit(editor, frames, cfg.source_prompt, cfg.prompt,
+                             negative_prompt=cfg.negative_prompt, steps=cfg.steps,
+                             guidance_scale=cfg.guidance_scale, pnp_f_t=cfg.pnp_f_t,
+                             pnp_attn_t=cfg.pnp_attn_t, batch_size=cfg.tokenflow_batch,
+                             keyframe_group=cfg.keyframe_group, seed=cfg.seed,
+                             filter=filter_config(cfg, editor.unet),
+                             inversion_guidance=cfg.inversion_guidance, use_adapter=True,
+                             lora_tau=cfg.lora_tau, lora_ratio=cfg.lora_ratio, progress=cfg.progress)
+    else:
+        res = editor.edit(frames, prompt=cfg.prompt, source_prompt=cfg.source_prompt, steps=cfg.steps,
+                          guidance_scale=cfg.guidance_scale, inversion_guidance=cfg.inversion_guidance,
+                          eta=cfg.eta, seed=cfg.seed, filter=filter_config(cfg, editor.unet),
+                          cross_frame=cfg.cross_frame, use_adapter=True, lora_tau=cfg.lora_tau,
+                          lora_ratio=cfg.lora_ratio, progress=cfg.progress,
+                          negative_prompt=cfg.negative_prompt, control=control,
+                          controlnet_scale=cfg.controlnet_scale, guess_mode=cfg.guess_mode,
+                          control_start=cfg.control_start, control_end=cfg.control_end,
+                          control_inversion=cfg.control_inversion)
     write_video(out, res.frames, fps)
     written = {"video": str(out)}
+    if cfg.keep_audio:
+        from jaxvedit.data.audio import copy_audio
+
+        src_fps = float(fps) * cfg.stride  # the container's rate (before striding)
+        if copy_audio(cfg.video, out, start=cfg.start / src_fps, duration=len(res.frames) / fps):
+            written["audio"] = "copied from the source"
+    if cfg.preview:
+        from jaxvedit.editing.outputs import preview_path, write_preview_strip
+
+        written["preview"] = str(write_preview_strip(preview_path(out), frames, res.frames))
     if cfg.gif:
         write_gif(cfg.gif, res.frames, min(fps, 50.0))
         written["gif"] = str(cfg.gif)
@@ -394,9 +488,10 @@ def edit_video(cfg: EditConfig) -> dict:
         write_frames(cfg.frames_out, res.frames, overwrite=True)
         written["frames"] = str(cfg.frames_out)
     return {"outputs": written, "frames": int(len(res.frames)), "fps": fps,
-            "resolution": cfg.resolution, "steps": cfg.steps, "filter": cfg.filter,
+            "resolution": cfg.resolution, "size": [w, h], "method": cfg.method,
+            "steps": cfg.steps, "filter": cfg.filter,
             "cross_frame": cfg.cross_frame, "adapter": cfg.adapter,
-            "adapter_notes": editor.adapter_notes,
+            "adapter_notes": editor.adapter_notes, "controlnet": cfg.controlnet, "depth": cfg.depth,
             "adapter_parts": sorted(k for k, v in (("lora", editor.lora), ("prompt_tokens", editor.tokens),
                                                    ("text_encoder_lora", editor.text_lora),
                                                    ("dape", editor.dape)) if v is not None),

@@ -35,8 +35,9 @@ class EditPredictor(nnx.Module):
             self.lora_ratio = nnx.Variable(jnp.asarray(lora_ratio, jnp.float32))
         self.cross_frame_group = int(cross_frame_group)
 
-    def __call__(self, sample, timesteps, encoder_hidden_states, hooks=None):
-        kwargs = {} if hooks is None else {"hooks": hooks}
+    def __call__(self, sample, timesteps, encoder_hidden_states, hooks=None, **unet_kwargs):
+        # unet_kwargs: e.g. ControlNet residuals (jaxvedit.diffusion.control.ControlNetPredictor)
+        kwargs = dict(unet_kwargs) if hooks is None else {"hooks": hooks, **unet_kwargs}
         with contextlib.ExitStack() as stack:
             if self.lora is not None and not self.lora.merged_ratio:
                 # the gate of SPEC §2, t >= tau * T (tau = 0: always on), with tau traced

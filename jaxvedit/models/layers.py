@@ -7,11 +7,20 @@ in ``self.path`` and passes its output through :func:`jaxvedit.models.hooks.emit
 
 Numerics follow PyTorch: GroupNorm/LayerNorm statistics are computed in float32 whatever the
 compute dtype; GEGLU uses the exact (erf) GELU; attention goes through
-``jax.nn.dot_product_attention`` (XLA on CPU, cuDNN's fused kernel on GPU when asked).
+``jax.nn.dot_product_attention`` (XLA on CPU, cuDNN's fused kernel on GPU when asked). Where no
+fused kernel runs, :func:`attention` processes the queries in chunks once the score matrix would
+exceed a budget (:func:`attention_chunking`), as diffusers' attention slicing, so memory stays
+bounded at any sequence length.
+
+Two per-call contexts let editors change a forward pass without touching the model:
+``_PROJECTION_ADAPTER`` (the attention projections; LoRA, cross-frame attention) and
+:func:`attention_processor` (a whole attention call, as diffusers' attention processors;
+TokenFlow's extended attention and feature propagation, ``jaxvedit/editing/tokenflow.py``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import math
 import os
@@ -183,7 +192,9 @@ class ResnetBlock2D(nnx.Module):
         h = self.conv1(jax.nn.silu(self.norm1(x)))
         if self.time_emb_proj is not None and temb is not None:
             h = h + self.time_emb_proj(jax.nn.silu(temb))[:, None, None, :]
-        h = self.conv2(jax.nn.silu(self.norm2(h)))
+        # the residual branch before the skip is added: diffusers' ``<path>.conv2`` output (the
+        # feature TokenFlow / plug-and-play inject)
+        h = emit(_join(self.path, "conv2") if self.path else "", self.conv2(jax.nn.silu(self.norm2(h))))
         if self.conv_shortcut is not None:
             x = self.conv_shortcut(x)
         out = (x + h) / self.output_scale_factor if self.output_scale_factor != 1 else x + h
@@ -212,15 +223,60 @@ def choose_attention_implementation(requested: str | None, dtype, head_dim: int)
     return "cudnn" if fused_ok else None
 
 
-def attention(q, k, v, heads: int, implementation: str | None = None):
-    """Multi-head scaled dot-product attention on ``(B, L, heads*D)`` projections."""
+#: Most score-matrix elements (batch x heads x queries x keys) one XLA attention call may
+#: materialise before its queries are chunked (2**26: 256 MiB in float32). ``None``: never chunk.
+_ATTENTION_CHUNK: contextvars.ContextVar = contextvars.ContextVar(
+    "jaxvedit_attention_chunk", default=2 ** 26)
+
+
+@contextlib.contextmanager
+def attention_chunking(max_score_elements: int | None):
+    """Set the score budget of :func:`attention` for the forward passes *traced* inside this
+    context (it is read while tracing: a compiled function keeps the budget it was traced
+    with). ``None`` turns chunking off."""
+    if max_score_elements is not None and int(max_score_elements) < 1:
+        raise ValueError(f"max_score_elements must be >= 1 or None, got {max_score_elements}")
+    token = _ATTENTION_CHUNK.set(None if max_score_elements is None else int(max_score_elements))
+    try:
+        yield
+    finally:
+        _ATTENTION_CHUNK.reset(token)
+
+
+def attention(q, k, v, heads: int, implementation: str | None = None, *,
+              kv_length: int | jax.Array | None = None):
+    """Multi-head scaled dot-product attention on ``(B, L, heads*D)`` projections.
+
+    ``kv_length``: only the first ``kv_length`` keys / values count (the rest are padding).
+    Without a fused kernel, XLA materialises the ``(B, heads, Lq, Lk)`` scores; above the budget
+    of :func:`attention_chunking` the queries go through in chunks (one ``lax.map``, each chunk
+    rematerialised in a backward pass), which gives the same output to float rounding: every
+    query's softmax still runs over all its keys.
+    """
     b, lq, inner = q.shape
+    lk = k.shape[1]
     d = inner // heads
     q = q.reshape(b, lq, heads, d)
-    k = k.reshape(b, k.shape[1], heads, d)
+    k = k.reshape(b, lk, heads, d)
     v = v.reshape(b, v.shape[1], heads, d)
     impl = choose_attention_implementation(implementation, q.dtype, d)
-    out = jax.nn.dot_product_attention(q, k, v, scale=d ** -0.5, implementation=impl)
+    kwargs = {}
+    if kv_length is not None:
+        kwargs["key_value_seq_lengths"] = jnp.broadcast_to(jnp.asarray(kv_length, jnp.int32), (b,))
+
+    def run(qc):
+        return jax.nn.dot_product_attention(qc, k, v, scale=d ** -0.5, implementation=impl, **kwargs)
+
+    budget = _ATTENTION_CHUNK.get()
+    if impl == "cudnn" or budget is None or b * heads * lq * lk <= budget:
+        out = run(q)
+    else:
+        chunk = max(1, budget // (b * heads * lk))
+        n = -(-lq // chunk)
+        qp = jnp.pad(q, ((0, 0), (0, n * chunk - lq), (0, 0), (0, 0)))
+        qs = qp.reshape(b, n, chunk, heads, d).swapaxes(0, 1)  # (n, B, chunk, heads, D)
+        out = jax.lax.map(jax.checkpoint(run), qs).swapaxes(0, 1).reshape(b, n * chunk, heads, d)
+        out = out[:, :lq]
     return out.reshape(b, lq, inner)
 
 
@@ -237,6 +293,26 @@ def _project(layer, x, path: str):
     y = layer(x)
     adapter = _PROJECTION_ADAPTER.get()
     return y if adapter is None else adapter(path, x, y)
+
+
+# Per-call attention processor (diffusers' ``attn.processor``): a function
+# ``(attention_module, x, context) -> output or None``. It gets every ``Attention`` call of the
+# forward pass; returning ``None`` leaves that call to the default computation.
+_ATTENTION_PROCESSOR: contextvars.ContextVar = contextvars.ContextVar(
+    "jaxvedit_attention_processor", default=None)
+
+
+@contextlib.contextmanager
+def attention_processor(fn):
+    """During forward passes traced inside this context, every :class:`Attention` call first
+    asks ``fn(module, x, context)``; a non-``None`` result replaces the call's output (before
+    the module's feature hook). Processors use ``module.qkv`` / ``module.out`` (which apply an
+    active projection adapter such as a LoRA) and :func:`attention`."""
+    token = _ATTENTION_PROCESSOR.set(fn)
+    try:
+        yield
+    finally:
+        _ATTENTION_PROCESSOR.reset(token)
 
 
 class Attention(nnx.Module):
@@ -264,7 +340,23 @@ class Attention(nnx.Module):
         self.to_v = linear(kv_dim, inner, p, rngs, use_bias=bias)
         self.to_out = nnx.List([linear(inner, query_dim, p, rngs, use_bias=out_bias)])
 
+    def qkv(self, x, context=None):
+        """The query, key and value projections (with any active projection adapter)."""
+        context = x if context is None else context
+        return (_project(self.to_q, x, _join(self.path, "to_q")),
+                _project(self.to_k, context, _join(self.path, "to_k")),
+                _project(self.to_v, context, _join(self.path, "to_v")))
+
+    def out(self, h):
+        """The output projection ``to_out.0`` (with any active projection adapter)."""
+        return _project(self.to_out[0], h, _join(self.path, "to_out.0"))
+
     def __call__(self, x, context=None):
+        processor = _ATTENTION_PROCESSOR.get()
+        if processor is not None:
+            h = processor(self, x, context)
+            if h is not None:
+                return emit(self.path, h)
         residual = x
         image_shape = None
         if x.ndim == 4:
@@ -272,12 +364,8 @@ class Attention(nnx.Module):
             x = x.reshape(x.shape[0], -1, x.shape[-1])
         if self.group_norm is not None:
             x = self.group_norm(x)
-        context = x if context is None else context
-        h = attention(_project(self.to_q, x, _join(self.path, "to_q")),
-                      _project(self.to_k, context, _join(self.path, "to_k")),
-                      _project(self.to_v, context, _join(self.path, "to_v")),
-                      self.heads, self.attention_implementation)
-        h = _project(self.to_out[0], h, _join(self.path, "to_out.0"))
+        h = attention(*self.qkv(x, context), self.heads, self.attention_implementation)
+        h = self.out(h)
         if image_shape is not None:
             h = h.reshape(image_shape)
         if self.residual_connection:

@@ -175,16 +175,16 @@ class MidBlock(nnx.Module):
     """``UNetMidBlock2DCrossAttn``: resnet, (attention, resnet) x transformer stacks."""
 
     def __init__(self, channels, temb, heads, transformer_layers, cross_dim, cfg: UNetConfig,
-                 p, rngs):
-        self.path = "mid_block"
+                 p, rngs, path: str = "mid_block"):
+        self.path = path
         self.resnets = nnx.List([
             ResnetBlock2D(channels, channels, temb, cfg.norm_num_groups, cfg.norm_eps,
-                          cfg.mid_block_scale_factor, p, rngs, path=f"mid_block.resnets.{i}")
+                          cfg.mid_block_scale_factor, p, rngs, path=f"{path}.resnets.{i}")
             for i in range(2)])
         self.attentions = nnx.List([
             Transformer2DModel(heads, channels // heads, channels, transformer_layers, cross_dim,
                                cfg.norm_num_groups, cfg.use_linear_projection, p, rngs,
-                               path="mid_block.attentions.0")])
+                               path=f"{path}.attentions.0")])
 
     def __call__(self, x, temb, context):
         x = self.resnets[0](x, temb)
@@ -259,6 +259,12 @@ class UNet2DConditionModel(nnx.Module):
         if encoder_hidden_states.shape[0] != b:
             raise ValueError(f"batch of encoder_hidden_states {encoder_hidden_states.shape} "
                              f"does not match the sample batch {b}")
+        if (down_block_additional_residuals is None) != (mid_block_additional_residual is None):
+            # diffusers adds ControlNet residuals only when both are given (down residuals alone
+            # are T2I-Adapter residuals there, a mid residual alone is ignored)
+            raise ValueError("ControlNet residuals need both down_block_additional_residuals and "
+                             "mid_block_additional_residual (got only one); T2I-Adapter "
+                             "residuals are not implemented")
         with hooks_active(hooks):
             return self._forward(sample, timesteps, encoder_hidden_states,
                                  down_block_additional_residuals, mid_block_additional_residual)
@@ -284,13 +290,11 @@ class UNet2DConditionModel(nnx.Module):
         for block in self.down_blocks:
             x, outs = call_block(block, x, emb, context, remat=remat)
             skips.extend(outs)
-        if down_residuals is not None:
-            if len(down_residuals) != len(skips):
-                raise ValueError(f"expected {len(skips)} down-block residuals, got {len(down_residuals)}")
-            skips = [s + r.astype(dt) for s, r in zip(skips, down_residuals)]
+        if down_residuals is not None:  # diffusers: ControlNet residuals, added to the skips
+            skips = [s + r.astype(dt) for s, r in zip(skips, _checked_residuals(down_residuals, skips))]
         x = call_block(self.mid_block, x, emb, context, remat=remat)
         if mid_residual is not None:
-            x = x + mid_residual.astype(dt)
+            x = x + _checked_residuals([mid_residual], [x], "mid-block")[0].astype(dt)
         for i, block in enumerate(self.up_blocks):
             n = len(block.resnets)
             block_skips, skips = skips[-n:], skips[:-n]
@@ -298,3 +302,19 @@ class UNet2DConditionModel(nnx.Module):
             x = call_block(block, x, block_skips, emb, context, remat=remat, upsample_size=size)
         x = self.conv_out(jax.nn.silu(self.conv_norm_out(x)))
         return x.astype(jnp.float32)
+
+
+def _checked_residuals(residuals, skips, what: str = "down-block"):
+    """ControlNet residuals must match the UNet's skip connections one to one in channels and
+    size (a (1, 1) size broadcasts: global-pooled ControlNets)."""
+    residuals = list(residuals)
+    if len(residuals) != len(skips):
+        raise ValueError(f"expected {len(skips)} {what} residuals, got {len(residuals)} (a "
+                         "ControlNet made for another UNet?)")
+    for i, (s, r) in enumerate(zip(skips, residuals)):
+        if r.ndim != 4 or r.shape[0] not in (1, s.shape[0]) or r.shape[-1] != s.shape[-1] or \
+                tuple(r.shape[1:3]) not in (tuple(s.shape[1:3]), (1, 1)):
+            raise ValueError(f"{what} residual {i} has shape {tuple(r.shape)}, the UNet's feature "
+                             f"there has {tuple(s.shape)} (a ControlNet made for another UNet, or "
+                             "a conditioning image of another size?)")
+    return residuals

@@ -26,12 +26,14 @@ from jaxvedit.training.config import TrainConfig
 class AdapterModel(nnx.Module):
     """What the training step runs: ``unet`` (a LoRA-wrapped UNet), its prompt ``tokens`` and,
     optionally, the frozen ``text_encoder`` that turns the batch's token ids into embeddings
-    inside the step. Only the adapters (``AdapterParam``) train."""
+    inside the step and a frozen ``controlnet`` adding its residuals (its weights are no
+    ``AdapterParam``: jaxvedit.training.controlnet). Only the adapters (``AdapterParam``) train."""
 
-    def __init__(self, unet, tokens: PromptTokens | None, text_encoder=None):
+    def __init__(self, unet, tokens: PromptTokens | None, text_encoder=None, controlnet=None):
         self.unet = unet
         self.tokens = tokens
         self.text_encoder = text_encoder
+        self.controlnet = controlnet
 
 
 def _log(msg: str) -> None:
@@ -129,7 +131,14 @@ class Components:
             tokens = PromptTokens(PromptTokenConfig(n_share=cfg.n_shared_tokens, vision_dim=vdim,
                                                     context_dim=ctx_dim, pooling=cfg.pooling,
                                                     text_dropout=cfg.text_dropout), rngs=rngs)
-        self.model = AdapterModel(lora_unet, tokens, self.text_encoder)
+        controlnet = None
+        if cfg.controlnet:  # frozen, as the authors' (jaxvedit.training.controlnet)
+            from jaxvedit.models.controlnet import check_controlnet_fits_unet
+            from jaxvedit.models.controlnet_io import load_controlnet
+
+            controlnet = load_controlnet(cfg.controlnet, dtype=self.dtype)
+            check_controlnet_fits_unet(controlnet, unet)
+        self.model = AdapterModel(lora_unet, tokens, self.text_encoder, controlnet)
         self.fingerprint = encoder_fingerprint(src)
         self.vision_fingerprint = vision_fingerprint(src) if cfg.unshared_tokens else None
         self._text_cache: collections.OrderedDict[str, np.ndarray] = collections.OrderedDict()
@@ -181,8 +190,10 @@ class Components:
             vis = self.vision
             run = jit_split(vis, lambda m, x: m(x).last_hidden_state)
 
-            def vision_fn(frames):
+            def vision_states(frames):
                 return batched(run, clip_preprocess(frames, vis.config.image_size), batch).astype(np.float32)
+
+            vision_fn = vision_states
 
         return Encoders(latents, vision_fn, f"{self.fingerprint}/{self.vision_fingerprint}")
 

@@ -67,6 +67,18 @@ class TrainConfig:
          "up_blocks.3.attentions.*.transformer_blocks.0.attn1"),
         "UNet module paths (fnmatch patterns) whose outputs feed the temporal loss", "loss")
 
+    # depth ControlNet (jaxvedit.training.controlnet)
+    controlnet: str | None = opt(None, "frozen depth ControlNet adding its residuals to the UNet "
+                                 "(the authors' setup): diffusers folder, single .safetensors or "
+                                 "repo id; needs depth maps (<data>/depth/ or --depth auto)", "controlnet")
+    controlnet_scale: float = opt(1.0, "ControlNet conditioning scale", "controlnet")
+    depth: Literal["files", "auto"] = opt("files", "depth maps: read from <data>/depth/{video stem} "
+                                          "(files), or computed with --depth-model where missing "
+                                          "or unusable, stored with the latents in the clip store "
+                                          "(auto)", "controlnet")
+    depth_model: str = opt("depth-anything/Depth-Anything-V2-Small-hf", "Depth Anything model "
+                           "for --depth auto: transformers folder or repo id", "controlnet")
+
     # optimisation
     steps: int = opt(2000, "optimizer steps", "optimisation")
     batch_size: int = opt(0, "clips per micro-batch across all devices (0: one per device)", "optimisation")
@@ -110,6 +122,9 @@ class TrainConfig:
     progress: bool = opt(True, "show a progress bar", "run")
 
     def __post_init__(self):
+        from jaxvedit.world.models import expand_model_alias
+
+        object.__setattr__(self, "model", expand_model_alias(self.model))  # --model world
         if isinstance(self.lora_targets, str):  # a config file's "lora_targets": "down"
             object.__setattr__(self, "lora_targets", (self.lora_targets,))
         object.__setattr__(self, "lora_targets", tuple(self.lora_targets))

@@ -88,6 +88,9 @@ class DAPETrainConfig:
     progress: bool = opt(True, "show a progress bar", "run")
 
     def __post_init__(self):
+        from jaxvedit.world.models import expand_model_alias
+
+        object.__setattr__(self, "model", expand_model_alias(self.model))  # --model world
         for name in ("frames", "accumulate", "batch_size", "checkpoint_every", "log_every",
                      "max_frames", "frame_stride", "adapter_dim", "keep_checkpoints"):
             if getattr(self, name) < 1:

@@ -83,6 +83,7 @@ def open_training_store(cfg: TrainConfig, comps_factory) -> tuple[st.ClipStore, 
     pcfg = PrepareConfig(data=str(data), model=str(cfg.model), tokenizer=cfg.tokenizer,
                          vision_model=cfg.vision_model, vision=cfg.unshared_tokens, dtype=cfg.dtype,
                          resolution=cfg.resolution, max_frames=cfg.max_frames,
+                         depth_model=cfg.depth_model if cfg.depth == "auto" else None,
                          shard=jax.process_index(), num_shards=jax.process_count(),
                          progress=cfg.progress)
     enc = comps.store_encoders()
@@ -118,7 +119,10 @@ def train(cfg: TrainConfig) -> dict:
     if store.token_length != comps.token_length:
         raise st.StoreError(f"store {store.path} holds token ids of length {store.token_length}, "
                             f"this model's text encoder takes {comps.token_length}")
-    fields = ("latents", "token_ids") + (("vision",) if cfg.unshared_tokens else ())
+    if cfg.controlnet:
+        store.check_depth(cfg.controlnet)
+    fields = ("latents", "token_ids") + (("vision",) if cfg.unshared_tokens else ()) \
+        + (("depth",) if cfg.controlnet else ())
     total_micro = cfg.steps * cfg.accumulate
     rows = dist.local_rows(sharded, batch_size)
     source = MicroBatchSource(store, seed=cfg.seed, frames=cfg.frames, stride=cfg.frame_stride,

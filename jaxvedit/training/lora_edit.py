@@ -28,7 +28,6 @@ another 100 steps on the video (once) and each edited frame (9 times) per epoch,
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import sys
 from dataclasses import dataclass, field
 

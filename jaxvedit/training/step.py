@@ -16,8 +16,6 @@ from jaxvedit.training.components import AdapterModel
 from jaxvedit.training.config import TrainConfig
 
 
-
-
 def make_loss_fn(cfg: TrainConfig, schedule: NoiseSchedule, empty_text: jax.Array | None = None, *,
                  empty_ids=None):
     """``loss_fn(model, batch, key) -> (loss, parts)`` for one micro-batch.
@@ -25,7 +23,8 @@ def make_loss_fn(cfg: TrainConfig, schedule: NoiseSchedule, empty_text: jax.Arra
     ``batch``: ``latents (B, T, h, w, C)``; the caption as ``token_ids (B, L)`` int32, encoded
     here by ``model.text_encoder`` (the empty prompt's ids ``empty_ids (L,)`` give the dropout
     embedding), or as precomputed embeddings ``text (B, L, D)`` (with ``empty_text (L, D)``);
-    ``vision (B, T, N, Dv)`` CLIP vision states for the unshared tokens.
+    ``vision (B, T, N, Dv)`` CLIP vision states for the unshared tokens; ``depth (B, T, H, W, C)``
+    uint8 depth maps (C = 1: the store's gray maps, repeated to 3) for ``model.controlnet``.
     """
     loss_cfg = LossConfig(w_diff=cfg.diffusion_weight, lambda_temporal=cfg.temporal_weight,
                           tau=cfg.tau, num_train_timesteps=schedule.num_train_timesteps,
@@ -76,7 +75,19 @@ def make_loss_fn(cfg: TrainConfig, schedule: NoiseSchedule, empty_text: jax.Arra
         else:
             ctx = text
         hooks = FeatureHooks(capture=cfg.feature_taps)
-        eps = model.unet(x_t, flat(tt), ctx, hooks=hooks)
+        extra = {}
+        if model.controlnet is not None:  # depth maps arranged as the latents
+            from jaxvedit.training.controlnet import residual_kwargs
+
+            depth = batch.get("depth")
+            if depth is not None:
+                if depth.shape[-1] == 1:
+                    depth = jnp.repeat(depth, 3, axis=-1)
+                if cfg.temporal_form == "cross_timestep":
+                    depth = jnp.concatenate([depth[:, :2], depth[:, :2]], axis=1)
+            extra = residual_kwargs(model.controlnet, x_t, flat(tt), ctx,
+                                    None if depth is None else flat(depth), cfg.controlnet_scale)
+        eps = model.unet(x_t, flat(tt), ctx, hooks=hooks, **extra)
         feats = {k: v.astype(jnp.float32) for k, v in hooks.captured.items()}
         if not feats:
             raise ValueError(f"feature_taps {cfg.feature_taps} matched no UNet module")

@@ -172,12 +172,16 @@ def is_world_model(path: str | os.PathLike) -> bool:
     return index.is_file() and "jaxvedit_world" in json.loads(index.read_text())
 
 
-def world_adapter_path(version: str = WORLD_VERSION, *, missing_ok: bool = False) -> Path | None:
-    """The shipped GE adapter (gated LoRA + prompt tokens) trained on world videos with
-    ``python -m jaxvedit.train`` (the ``lora/`` and ``prompt_tokens/`` folders)."""
-    path = Path(__file__).parent / "pretrained" / f"{version}-ge-adapter"
-    if not (path / "lora").is_dir():
+def world_adapter_path(version: str = WORLD_VERSION, *, missing_ok: bool = False,
+                       kind: str = "ge") -> Path | None:
+    """A shipped adapter of the world model: ``kind="ge"``, the GE adapter (gated LoRA + prompt
+    tokens, ``lora/`` and ``prompt_tokens/``) trained with ``python -m jaxvedit.train`` on world
+    videos; ``kind="dape"``, the DAPE adapter (``dape/``) trained with ``--method dape``."""
+    if kind not in ("ge", "dape"):
+        raise ValueError(f"unknown world adapter kind {kind!r} (ge, dape)")
+    path = Path(__file__).parent / "pretrained" / f"{version}-{kind}-adapter"
+    if not (path / ("lora" if kind == "ge" else "dape")).is_dir():
         if missing_ok:
             return None
-        raise FileNotFoundError(f"no world GE adapter is shipped in this install ({path})")
+        raise FileNotFoundError(f"no world {kind} adapter is shipped in this install ({path})")
     return path
