@@ -20,6 +20,7 @@ Prints a table; writes bench/results/loader.json (or $OUT/loader.json).
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import subprocess
@@ -142,7 +143,7 @@ def measure(store_path: str, fields: list[str], batches: int, batch_size: int, f
             threads: int, workers: int, prefetch: int) -> dict:
     """One loader run (in this process): RSS, clips/s, time to first batch."""
     t_import = time.perf_counter()
-    import grain  # noqa: F401  (imports jax and orbax: timed apart from the loader)
+    importlib.import_module("grain")  # imports jax and orbax: timed apart from the loader
 
     from jaxvedit.data.loader import MicroBatchSource, make_dataset
     from jaxvedit.data.store import ClipStore

@@ -171,8 +171,10 @@ def build_encoders(src: ModelSources, *, dtype: str, resolution: int, batch: int
         run = jit_split(vision_tower, lambda m, x: m(x).last_hidden_state)
         size = vision_tower.config.image_size
 
-        def vision_fn(frames):
+        def vision_states(frames):
             return batched(run, clip_preprocess(frames, size), batch).astype(out_dtype)
+
+        vision_fn = vision_states
 
         vis_shape = (vision_tower.config.num_positions, vision_tower.config.hidden_size)
     tok = tokenizer if tokenizer is not None else load_tokenizer(src.tokenizer, subfolder=None)
