@@ -1,19 +1,27 @@
 """End-to-end training throughput: ``python -m jaxvedit.train`` (store, Grain loader, host work,
-checkpoints, logging) against the bare step of ``bench/train_step.py`` at the same batch.
+checkpoints, logging) against the bare step at the same batch.
 
 In one call:
 1. writes the full SD1.5 architecture with random weights as a diffusers folder (UNet, VAE,
    CLIP ViT-L/14 text encoder, a ViT-B/32 image encoder, a byte-level tokenizer, scheduler;
    float16 files) and a generated clip store for it (prepare's record format and this model's
    fingerprints, random bf16 latents 64x64x4 and vision states 50x768, 20 captions a video);
-2. runs ``python -m jaxvedit.train`` on them (bf16 base and compute, T=4, ``--batch-size B``,
+2. runs the trainer's command line (``jaxvedit.train.main``, what ``python -m jaxvedit.train``
+   runs, in a fresh process) on them (bf16 base and compute, T=4, ``--batch-size B``,
    accumulation 1, the spec's adapters and taps) and takes optimizer steps/s from its own
    ``metrics.jsonl`` (after the first ``--skip`` steps, which include compilation);
-3. runs ``bench/train_step.py --impl jax --clips-per-device B`` (the bare step);
-4. with ``--remat``: the same training run with ``--remat`` (peak device memory and steps/s).
+3. in that process, after training: **the bare step**, i.e. the trainer's own compiled step
+   program run back to back on one device-resident micro-batch (no loader, no host work, no
+   logging; no second compilation: the first call's time is reported), so the ratio is the
+   loop's overhead alone;
+4. with ``--train-step``: also ``bench/train_step.py --impl jax --clips-per-device B`` (the
+   benchmark's bare step: precomputed text embeddings instead of token ids; one more compilation);
+5. with ``--remat``: the same training run with ``--remat`` (peak device memory and steps/s; one
+   more compilation).
 
-  python bench/train_e2e.py                  # GPU: the comparison (~4 min: two compilations)
-  python bench/train_e2e.py --remat          # GPU: plus the --remat run (~2 min more)
+  python bench/train_e2e.py                  # GPU: the comparison (one compilation, ~2 min)
+  python bench/train_e2e.py --remat          # GPU: plus the --remat run (one more compilation)
+  python bench/train_e2e.py --remat-only     # GPU: the --remat run alone (its memory and speed)
   python bench/train_e2e.py --tiny           # CPU smoke test (tiny model; figures meaningless)
 
 Prints a table; writes ``train_e2e.json`` to $OUT (or bench/results).
@@ -108,8 +116,50 @@ def steps_per_s(metrics: Path, skip: int) -> tuple[float, int]:
     return (b["step"] - a["step"]) / (b["time"] - a["time"]), b["step"] - a["step"]
 
 
-def run_train(args, model: Path, store: Path, out: Path, remat: bool, env: dict) -> dict:
-    cmd = [sys.executable, "-m", "jaxvedit.train", "--model", str(model), "--data", str(store),
+def train_then_bare(argv: list[str], bare_steps: int) -> None:
+    """In a child process: the trainer's command line on ``argv``, then its compiled step timed
+    back to back on the last micro-batch it trained on (the step function and its state are
+    taken from the loop as it builds them). Prints ``BARE {json}``."""
+    import jax
+
+    from jaxvedit.training import loop
+
+    seen = {}
+    build = loop.make_adapter_train_step
+
+    def capturing(loss_fn, state, **kw):
+        step = build(loss_fn, state, **kw)
+        seen.update(step=step, state=state)
+
+        def recording(params, frozen, opt_state, batch, key):
+            seen["batch"] = batch  # device-resident, not donated
+            return step(params, frozen, opt_state, batch, key)
+
+        return recording
+
+    loop.make_adapter_train_step = capturing
+    from jaxvedit.train import main
+
+    main(argv)
+    step, state, batch = seen["step"], seen["state"], seen["batch"]
+    key = jax.random.key(1)
+    t0 = time.perf_counter()
+    jax.block_until_ready(state.step(step, batch, jax.random.fold_in(key, 0)))
+    first = time.perf_counter() - t0
+    for i in range(2):
+        jax.block_until_ready(state.step(step, batch, jax.random.fold_in(key, 1 + i)))
+    t0 = time.perf_counter()
+    for i in range(bare_steps):
+        loss, _ = state.step(step, batch, jax.random.fold_in(key, 10 + i))
+    jax.block_until_ready((loss, state.params))
+    dt = (time.perf_counter() - t0) / bare_steps
+    print("BARE " + json.dumps({"ms_per_step": 1e3 * dt, "first_call_s": first, "steps": bare_steps}),
+          flush=True)
+
+
+def run_train(args, model: Path, store: Path, out: Path, remat: bool, env: dict) -> list[dict]:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child-bare-steps", str(args.bare_steps),
+           "--", "--model", str(model), "--data", str(store),
            "--output-dir", str(out), "--steps", str(args.steps), "--accumulate", "1",
            "--batch-size", str(args.batch), "--frames", "4", "--resolution", str(args.resolution),
            "--warmup-steps", "0", "--log-every", "1", "--checkpoint-every", "100000", "--no-progress",
@@ -123,14 +173,19 @@ def run_train(args, model: Path, store: Path, out: Path, remat: bool, env: dict)
     lines = proc.stdout.splitlines()
     start = lines.index("{")
     summary = json.loads("\n".join(lines[start:lines.index("}", start) + 1]))
+    bare = json.loads([x for x in lines if x.startswith("BARE ")][0][5:])
     sps, n = steps_per_s(out / "metrics.jsonl", args.skip)
     recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     first = recs[0]["time"]
-    return {"impl": "python -m jaxvedit.train" + (" --remat" if remat else ""), "steps_per_s": sps,
-            "ms_per_step": 1e3 / sps, "timed_steps": n, "clips": args.batch,
-            "peak_mem_gib": summary.get("peak_device_mem_gib"), "first_step_s": first,
-            "first_batch_s": summary.get("first_batch_s"), "data_wait_s": summary.get("data_wait_s"),
-            "wall_s": time.perf_counter() - t0, "remat": remat}
+    tag = " --remat" if remat else ""
+    return [{"impl": "python -m jaxvedit.train" + tag, "steps_per_s": sps,
+             "ms_per_step": 1e3 / sps, "timed_steps": n, "clips": args.batch,
+             "peak_mem_gib": summary.get("peak_device_mem_gib"), "first_step_s": first,
+             "first_batch_s": summary.get("first_batch_s"), "data_wait_s": summary.get("data_wait_s"),
+             "wall_s": time.perf_counter() - t0, "remat": remat},
+            {"impl": "the trainer's step, bare" + tag, "steps_per_s": 1e3 / bare["ms_per_step"],
+             "ms_per_step": bare["ms_per_step"], "timed_steps": bare["steps"], "clips": args.batch,
+             "first_call_s": bare["first_call_s"], "remat": remat}]
 
 
 def run_bare(args, env: dict) -> dict:
@@ -155,12 +210,21 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tiny", action="store_true", help="tiny model on CPU (smoke test)")
     ap.add_argument("--remat", action="store_true", help="also run training with --remat")
+    ap.add_argument("--remat-only", action="store_true",
+                    help="only the --remat run (its own call: one compilation)")
+    ap.add_argument("--train-step", action="store_true",
+                    help="also run bench/train_step.py's bare step (one more compilation)")
+    ap.add_argument("--bare-steps", type=int, default=20, help="steps of the bare-step timing")
+    ap.add_argument("--child-bare-steps", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("train_argv", nargs="*", help=argparse.SUPPRESS)
     ap.add_argument("--batch", type=int, default=4, help="clips (of 4 frames) per step")
     ap.add_argument("--steps", type=int, default=40, help="optimizer steps of the training run")
     ap.add_argument("--skip", type=int, default=5, help="first steps left out of the rate")
     ap.add_argument("--work", default=None, help="folder for the model and store "
                     "(default: $TMPDIR/jaxvedit-e2e[-tiny])")
     args = ap.parse_args()
+    if args.child_bare_steps:
+        return train_then_bare(args.train_argv, args.child_bare_steps)
     import tempfile
 
     work = Path(args.work or Path(tempfile.gettempdir()) / ("jaxvedit-e2e-tiny" if args.tiny else "jaxvedit-e2e"))
@@ -184,24 +248,30 @@ def main():
     store = write_store(model, work / "store", spec, args.resolution)
     setup_s = time.perf_counter() - t0
     env = {**os.environ, "PYTHONPATH": str(REPO), "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
-    rows = [run_train(args, model, store, work / "run", False, env)]
-    rows.append(run_bare(args, env))
-    if args.remat:
-        rows.append(run_train(args, model, store, work / "run-remat", True, env))
-    bare = rows[1]["steps_per_s"]
-    for r in rows:
-        r["vs_bare_step"] = r["steps_per_s"] / bare
+    rows = [] if args.remat_only else run_train(args, model, store, work / "run", False, env)
+    if args.remat or args.remat_only:
+        rows += run_train(args, model, store, work / "run-remat", True, env)
+    if args.train_step:
+        rows.append(run_bare(args, env))
+    for i in range(0, len(rows), 2):  # each training run against its own bare step
+        if rows[i]["impl"].startswith("python -m"):
+            for r in rows[i:i + 2]:
+                r["vs_bare_step"] = r["steps_per_s"] / rows[i + 1]["steps_per_s"]
+    vs_train_step = rows[0]["steps_per_s"] / rows[-1]["steps_per_s"] if args.train_step else None
     from common import print_table, write_json
 
     print_table(f"End-to-end training vs the bare step ({'tiny model, CPU' if args.tiny else 'SD1.5'}, "
                 f"{args.batch} clips x 4 frames a step)", rows,
                 ["impl", "steps_per_s", "ms_per_step", "vs_bare_step", "peak_mem_gib", "data_wait_s",
-                 "first_step_s", "wall_s"])
+                 "first_step_s", "first_call_s", "wall_s"])
     ratio = rows[0]["vs_bare_step"]
     print(f"\ntrain / bare step = {ratio:.3f} (target >= 0.90); setup {setup_s:.0f} s")
+    if vs_train_step is not None:
+        print(f"train / bench/train_step.py = {vs_train_step:.3f}")
     print("wrote", write_json("train_e2e_tiny" if args.tiny else "train_e2e",
-                              {"rows": rows, "ratio": ratio, "setup_s": setup_s, "spec": spec,
-                               "tiny": args.tiny, "cmd": " ".join(sys.argv)}))
+                              {"rows": rows, "ratio": ratio, "ratio_vs_train_step": vs_train_step,
+                               "setup_s": setup_s, "spec": spec, "tiny": args.tiny,
+                               "cmd": " ".join(sys.argv)}))
 
 
 if __name__ == "__main__":

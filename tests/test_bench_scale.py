@@ -31,11 +31,15 @@ def test_loader_bench_tiny(tmp_path):
 
 
 def test_train_e2e_tiny(tmp_path):
-    out = _run(["bench/train_e2e.py", "--tiny", "--steps", "8", "--skip", "2", "--work", str(tmp_path / "w")],
-               tmp_path)
-    assert "train / bare step =" in out
+    out = _run(["bench/train_e2e.py", "--tiny", "--steps", "8", "--skip", "2", "--bare-steps", "3",
+                "--train-step", "--work", str(tmp_path / "w")], tmp_path)
+    assert "train / bare step =" in out and "train / bench/train_step.py =" in out
     res = json.loads((tmp_path / "out" / "train_e2e_tiny.json").read_text())
-    train, bare = res["rows"]
+    train, bare, step_bench = res["rows"]
     assert train["impl"] == "python -m jaxvedit.train" and train["timed_steps"] == 5  # steps 4..8, timed from the end of step 3
-    assert bare["impl"].startswith("bench/train_step.py") and bare["clips"] == train["clips"] == 4
+    # the bare step is the trainer's own compiled program: its first call compiles nothing
+    assert bare["impl"] == "the trainer's step, bare" and bare["timed_steps"] == 3
+    assert bare["first_call_s"] < 0.5 * train["first_step_s"]
+    assert step_bench["impl"].startswith("bench/train_step.py") and step_bench["clips"] == train["clips"] == 4
     assert res["ratio"] == train["steps_per_s"] / bare["steps_per_s"] > 0
+    assert res["ratio_vs_train_step"] == train["steps_per_s"] / step_bench["steps_per_s"]
