@@ -49,6 +49,10 @@ def run_jax(args):
     from jaxvedit.training.trainer import AdapterModel, make_loss_fn
 
     cfg_unet = TINY_UNET if args.tiny else SD15_UNET
+    if args.unet_config:
+        cfg_unet = json.loads(Path(args.unet_config).read_text())
+    D = cfg_unet["cross_attention_dim"]  # noqa: N806  (context and vision width)
+    taps = tuple(args.taps) if args.taps else TAPS
     impl = None if args.attention == "auto" else args.attention
     unet = nnx.eval_shape(lambda: UNet2DConditionModel(cfg_unet, dtype=jnp.bfloat16,
                                                        param_dtype=jnp.bfloat16,
@@ -58,7 +62,7 @@ def run_jax(args):
     model = AdapterModel(apply_lora(unet, LoRAConfig(rank=4, alpha=4.0, targets="all", tau=0.5), rngs=rngs),
                          PromptTokens(PromptTokenConfig(n_share=N_SHARE, vision_dim=D, context_dim=D,
                                                         pooling="avg2"), rngs=rngs))
-    tcfg = TrainConfig(frames=T, feature_taps=TAPS, text_dropout=0.3, dtype="bfloat16")
+    tcfg = TrainConfig(frames=T, feature_taps=taps, text_dropout=0.3, dtype="bfloat16")
     empty = jnp.zeros((N_TEXT, D), jnp.float32)
     loss_fn = make_loss_fn(tcfg, NoiseSchedule.sd15(), empty)
     state = init_adapter_training(model, adapter_optimizer(1e-4, warmup_steps=0, accumulate=1))
@@ -234,6 +238,8 @@ def main():
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--inner", type=int, default=4, help="steps per timed repeat")
     ap.add_argument("--tiny", action="store_true", help="tiny UNet (CPU smoke test)")
+    ap.add_argument("--unet-config", default=None, help="UNet config.json to build instead (jax)")
+    ap.add_argument("--taps", nargs="*", default=None, help="feature taps (default: up_blocks.2/.3 attn1)")
     ap.add_argument("--flops-only", action="store_true",
                     help="print XLA's FLOP count of the step (lowering only; run on CPU to make "
                          "bench/flops_train_step.json)")

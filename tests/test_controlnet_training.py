@@ -67,30 +67,18 @@ def test_adapter_training_with_frozen_controlnet_and_auto_depth(demo):
                               cache_dir=str(root / "cache"), unshared_tokens=False)
     summary = train(run)
     assert summary["steps"] == 1 and np.isfinite(summary["last_loss"])
-    # the depth maps were computed and cached with the latents
-    from jaxvedit.data.dataset import ClipDataset, Encoders
-    from jaxvedit.training.trainer import _depth_fn, _fingerprint
+    # the depth maps were computed and stored in the frame records, beside the latents
+    from jaxvedit.data.loader import MicroBatchSource
+    from jaxvedit.data.prepare import depth_model_fingerprint
+    from jaxvedit.data.store import ClipStore
 
-    def never(frames):  # everything must come from the cache now
-        raise AssertionError("re-encoded")
-
-    never.fingerprint = _depth_fn(run).fingerprint
-    enc = Encoders(never, None, _fingerprint(run.model, {"vision": None}))
-    ds = ClipDataset(run.data, encoders=enc, frames=run.frames, resolution=run.resolution,
-                     max_frames=run.max_frames, cache_dir=run.cache_dir, depth_fn=never,
-                     log=lambda m: None)
-    assert all(v.depth is not None and v.depth.shape[:3] == (len(v.latents), 64, 64) for v in ds.videos)
-    batch = ds.batch(0, 2)
-    assert batch["depth"].shape == (2, run.frames, 64, 64, 3) and batch["depth"].dtype == np.uint8
+    store = ClipStore(root / "cache")
+    assert store.manifest["depth_model_fingerprint"] == depth_model_fingerprint(str(depth_dir))
+    assert store.index.has_depth.all() and store.depth_shape == (64, 64, 1)
+    batch = MicroBatchSource(store, seed=0, frames=run.frames, batch_size=2,
+                             fields=("latents", "depth", "token_ids"))[0]
+    assert batch["depth"].shape == (2, run.frames, 64, 64, 1) and batch["depth"].dtype == np.uint8
+    assert batch["depth"].std() > 0  # a depth map, not a constant
 
 
-def test_controlnet_training_without_depth_maps_is_named():
-    from types import SimpleNamespace
-
-    from jaxvedit.training.controlnet import check_training_depth
-
-    videos = [SimpleNamespace(record=SimpleNamespace(path=p), depth=d)
-              for p, d in (("a.mp4", np.zeros(1)), ("b.mp4", None))]
-    ds = SimpleNamespace(videos=videos, depth_problems={"b.mp4": "3 depth map(s) for 8 video frame(s)"})
-    with pytest.raises(ValueError, match=r"needs a depth map per frame.*b\.mp4.*3 depth map\(s\) for 8"):
-        check_training_depth(ds, "cn")
+# a store without usable depth maps for a ControlNet run: tests/test_store.py

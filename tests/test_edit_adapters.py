@@ -239,7 +239,10 @@ def test_lora_targets_take_patterns_besides_presets(tiny_run):
     model = str(root / "runs" / "tiny" / "tiny-model")
     cfg = parse_config(TrainConfig, ["--model", model, "--data", "x", "--lora-targets", "down",
                                      "mid_block.*.ff.net.2", "--no-unshared-tokens",
-                                     "--n-shared-tokens", "0", "--dtype", "float32"], prog="t")
+                                     "--n-shared-tokens", "0", "--dtype", "float32",
+                                     # the tiny UNet's taps (unmatched taps are refused at startup)
+                                     "--feature-taps", "up_blocks.1.attentions.*.transformer_blocks.0.attn1"],
+                       prog="t")
     assert cfg.lora_targets == ("down", "mid_block.*.ff.net.2")
     paths = Components(cfg).model.unet.lora.paths
     assert "mid_block.attentions.0.transformer_blocks.0.ff.net.2" in paths

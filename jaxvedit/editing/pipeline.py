@@ -177,6 +177,26 @@ class Editor:
             self._load_adapter(adapter, vision_model)
 
     @classmethod
+    def from_modules(cls, *, unet, vae, text_encoder, tokenizer, schedule, lora=None, tokens=None,
+                     vision=None, batch_frames: int = 8) -> "Editor":
+        """An editor over already-loaded modules (the trainer's validation edits use the
+        adapter being trained: ``lora`` / ``tokens`` are read at each edit, not copied)."""
+        self = cls.__new__(cls)
+        self.batch_frames, self.root, self.adapter_path = batch_frames, None, None
+        self.unet, self.vae, self.text_encoder = unet, vae, text_encoder
+        self.tokenizer, self.schedule = tokenizer, schedule
+        self._encode = _jit_method(vae, lambda m, x: m.encode_to_latents(x))
+        self._decode = _jit_method(vae, lambda m, z: m.decode_latents(z))
+        self._text = _jit_method(text_encoder, lambda m, ids: m(ids).last_hidden_state)
+        self.lora, self.tokens, self.vision = lora, tokens, vision
+        self.text_lora = self.dape = self.controlnet = None  # validation edits: no ControlNet
+        self.unshared = vision is not None  # prompt tokens without a tower: the shared part only
+        self.adapter_notes, self.lora_merge = [], False
+        if vision is not None:
+            self._vision = _jit_method(vision, lambda m, x: m(x).last_hidden_state)
+        return self
+
+    @classmethod
     def from_components(cls, unet, vae, text_encoder, tokenizer, schedule: NoiseSchedule | None = None,
                         *, batch_frames: int = 8) -> "Editor":
         """An editor on models already built (no folder, no adapter): benchmarks, random

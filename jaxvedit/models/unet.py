@@ -21,6 +21,7 @@ from flax import nnx
 
 from jaxvedit.models.config import build_config, per_block, read_config
 from jaxvedit.models.hooks import FeatureHooks, emit, hooks_active
+from jaxvedit.models.remat import call_block
 from jaxvedit.models.layers import (Downsample2D, GroupNorm, Precision, ResnetBlock2D,
                                     TimestepEmbedding, Transformer2DModel, Upsample2D, conv,
                                     timestep_embedding)
@@ -285,19 +286,20 @@ class UNet2DConditionModel(nnx.Module):
         context = context.astype(dt)
         x = self.conv_in(x)
         skips = [x]
+        remat = bool(getattr(self, "remat", False))  # activation checkpointing (models/remat.py)
         for block in self.down_blocks:
-            x, outs = block(x, emb, context)
+            x, outs = call_block(block, x, emb, context, remat=remat)
             skips.extend(outs)
         if down_residuals is not None:  # diffusers: ControlNet residuals, added to the skips
             skips = [s + r.astype(dt) for s, r in zip(skips, _checked_residuals(down_residuals, skips))]
-        x = self.mid_block(x, emb, context)
+        x = call_block(self.mid_block, x, emb, context, remat=remat)
         if mid_residual is not None:
             x = x + _checked_residuals([mid_residual], [x], "mid-block")[0].astype(dt)
         for i, block in enumerate(self.up_blocks):
             n = len(block.resnets)
             block_skips, skips = skips[-n:], skips[:-n]
             size = tuple(skips[-1].shape[1:3]) if (forward_size and i < n_up) else None
-            x = block(x, block_skips, emb, context, size)
+            x = call_block(block, x, block_skips, emb, context, remat=remat, upsample_size=size)
         x = self.conv_out(jax.nn.silu(self.conv_norm_out(x)))
         return x.astype(jnp.float32)
 

@@ -35,6 +35,13 @@ class CheckpointStore:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
+    def latest_meta(self) -> dict | None:
+        """The JSON metadata of the newest checkpoint (its position and config), or None."""
+        step = self.manager.latest_step()
+        if step is None:
+            return None
+        return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
     def restore_latest(self, params_like, opt_state_like):
         """``(params, opt_state, meta)`` of the newest checkpoint, or None when there is none.
         ``*_like`` give the structure, shapes and dtypes to restore into."""

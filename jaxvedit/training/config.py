@@ -25,14 +25,18 @@ class TrainConfig:
     # what to train on
     model: str | None = opt(None, "SD1.5 weights: a diffusers folder, a single-file .safetensors "
                             "checkpoint or a Hugging Face repo id (default: the demo's tiny model)", "data")
+    tokenizer: str | None = opt(None, "tokenizer source for a single-file --model: a folder or repo "
+                                "id with tokenizer/ (default: the model folder's)", "data")
     vision_model: str | None = opt(None, "CLIP vision tower for the unshared tokens: folder or repo id "
                                    "(default: the model folder's image_encoder/, else "
                                    "openai/clip-vit-base-patch32)", "data")
-    data: str | None = opt(None, "dataset folder: captions.jsonl or MSR-VTT layout "
+    data: str | None = opt(None, "a clip store (python -m jaxvedit.prepare), or a dataset folder "
+                           "(captions.jsonl or MSR-VTT layout; its store is prepared on first use) "
                            "(default: a generated sample)", "data")
     output_dir: str = opt("runs/train", "run folder: checkpoints, metrics.jsonl, loss_curve.png, "
                           "adapter.safetensors", "data")
-    cache_dir: str | None = opt(None, "latent cache folder (default: <data>/.jaxvedit_cache)", "data")
+    cache_dir: str | None = opt(None, "store folder for a dataset folder --data (default: "
+                                "<data>/.jaxvedit_store/<key of model, dtype and settings>)", "data")
     frames: int = opt(4, "T: adjacent frames per clip (>= 3)", "data")
     frame_stride: int = opt(1, "take every n-th frame when forming a clip", "data")
     resolution: int = opt(512, "frames are resized and center-cropped to this square size", "data")
@@ -70,7 +74,8 @@ class TrainConfig:
     controlnet_scale: float = opt(1.0, "ControlNet conditioning scale", "controlnet")
     depth: Literal["files", "auto"] = opt("files", "depth maps: read from <data>/depth/{video stem} "
                                           "(files), or computed with --depth-model where missing "
-                                          "and cached with the latents (auto)", "controlnet")
+                                          "or unusable, stored with the latents in the clip store "
+                                          "(auto)", "controlnet")
     depth_model: str = opt("depth-anything/Depth-Anything-V2-Small-hf", "Depth Anything model "
                            "for --depth auto: transformers folder or repo id", "controlnet")
 
@@ -84,6 +89,10 @@ class TrainConfig:
     clip_norm: float = opt(1.0, "global gradient-norm clipping (0: off)", "optimisation")
     dtype: Literal["bfloat16", "float32"] = opt("bfloat16", "compute dtype (adapter parameters stay float32)",
                                                 "optimisation")
+    base_dtype: Literal["bfloat16", "float32"] = opt("bfloat16", "storage dtype of the frozen base "
+                                                     "weights (UNet, text encoder)", "optimisation")
+    remat: bool = opt(False, "recompute each UNet block's activations in the backward pass "
+                      "(less memory, about one more forward of compute)", "optimisation")
     seed: int = opt(0, "seed for data order, noise, timesteps, dropout and adapter init", "optimisation")
 
     # run control
@@ -93,6 +102,23 @@ class TrainConfig:
     log_every: int = opt(1, "optimizer steps between metric log lines", "run")
     devices: int = opt(0, "accelerators to use for data parallelism (0: all visible)", "run")
     multihost: bool = opt(False, "call jax.distributed.initialize() first (multi-host launch)", "run")
+    coordinator_address: str | None = opt(None, "multi-host: host:port of process 0 (default: "
+                                          "$JAX_COORDINATOR_ADDRESS; implies --multihost)", "run")
+    num_processes: int = opt(0, "multi-host: number of processes (0: $JAX_NUM_PROCESSES or the "
+                             "cluster's)", "run")
+    process_id: int = opt(-1, "multi-host: this process's id (-1: $JAX_PROCESS_ID or the "
+                          "cluster's)", "run")
+    loader_threads: int = opt(4, "threads reading micro-batches ahead", "run")
+    loader_workers: int = opt(0, "worker processes reading micro-batches (0: threads only)", "run")
+    prefetch: int = opt(8, "micro-batches buffered in host memory", "run")
+    tensorboard: bool = opt(True, "write TensorBoard event files to <output_dir>/tensorboard", "run")
+    validate_every: int = opt(0, "optimizer steps between validation edits (0: none)", "validation")
+    validation_video: str | None = opt(None, "clip edited for validation (default: the store's "
+                                       "validation clip)", "validation")
+    validation_prompt: str = opt("", "target prompt of the validation edit (default: the clip's "
+                                 "caption)", "validation")
+    validation_frames: int = opt(8, "frames of the validation clip", "validation")
+    validation_steps: int = opt(20, "DDIM steps of the validation edit", "validation")
     progress: bool = opt(True, "show a progress bar", "run")
 
     def __post_init__(self):
@@ -112,7 +138,8 @@ class TrainConfig:
             raise ValueError(f"frames={self.frames}: the temporal loss needs T >= 3 frames per clip")
         if self.resolution % 8:
             raise ValueError(f"resolution={self.resolution} must be a multiple of 8")
-        for name in ("steps", "accumulate", "lora_rank", "checkpoint_every", "log_every", "max_frames"):
+        for name in ("steps", "accumulate", "lora_rank", "checkpoint_every", "log_every", "max_frames",
+                     "prefetch", "validation_frames", "validation_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
         if not 0 <= self.text_dropout <= 1:
@@ -126,4 +153,5 @@ DEMO_OVERRIDES = dict(
     warmup_steps=5, dtype="float32", checkpoint_every=10, max_frames=16,
     feature_taps=("up_blocks.1.attentions.*.transformer_blocks.0.attn1",
                   "up_blocks.2.attentions.*.transformer_blocks.0.attn1"),
+    base_dtype="float32",
 )

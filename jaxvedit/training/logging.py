@@ -77,3 +77,24 @@ class MetricsLog:
         fig.savefig(path, dpi=110)
         plt.close(fig)
         return Path(path)
+
+
+class TensorBoardLog:
+    """TensorBoard event files (tensorboardX: no TensorFlow needed) beside the JSONL: every
+    numeric field of a step record becomes a scalar of that step. On resume, ``purge_step``
+    makes TensorBoard drop the events an interrupted run wrote past the resumed checkpoint."""
+
+    def __init__(self, logdir: str | Path, purge_step: int | None = None):
+        from tensorboardX import SummaryWriter
+
+        self.writer = SummaryWriter(logdir=str(logdir), purge_step=purge_step, flush_secs=30)
+
+    def write(self, record: dict) -> None:
+        step = int(record["step"])
+        for key, value in record.items():
+            if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.writer.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        self.writer.flush()
+        self.writer.close()
