@@ -16,14 +16,8 @@ from jaxvedit.world.train_conditioned import (MASK_SHARES, ConditionedTrainConfi
 
 
 @pytest.fixture(scope="module")
-def tiny_world(tmp_path_factory):
-    from jaxvedit.world.train import WorldTrainConfig, train_world
-
-    out = tmp_path_factory.mktemp("tiny-world")
-    train_world(WorldTrainConfig(output_dir=str(out), preset="tiny", scenes=12, latent_scenes=4,
-                                 frames=4, vae_steps=2, clip_steps=2, unet_steps=2, vae_batch=2,
-                                 clip_batch=4, unet_batch=4, progress=False, dtype="float32"))
-    return out / "pipeline"
+def tiny_world(tiny_world_run):
+    return tiny_world_run[0] / "pipeline"  # conftest: a tiny world pipeline, trained once
 
 
 def test_stages_train_only_their_model_and_export_loadable_folders(tiny_world, tmp_path):
@@ -41,7 +35,7 @@ def test_stages_train_only_their_model_and_export_loadable_folders(tiny_world, t
     summary = train_conditioned(cfg)
     assert set(summary["stage_seconds"]) == {"controlnet", "inpaint", "export"}
     for stage in ("controlnet", "inpaint"):
-        rows = [json.loads(line) for line in (tmp_path / "run" / stage / "metrics.jsonl").read_text().split()]
+        rows = [json.loads(line) for line in (tmp_path / "run" / stage / "metrics.jsonl").read_text().splitlines()]
         assert rows and all(np.isfinite(r["loss"]) for r in rows)
     base = load_unet(tiny_world)
     cn = load_controlnet(summary["exported"]["controlnet"])
@@ -55,10 +49,15 @@ def test_stages_train_only_their_model_and_export_loadable_folders(tiny_world, t
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     u9 = load_unet(summary["exported"]["inpaint_unet"], subfolder=None)
     assert u9.config.in_channels == 9 and u9.config.out_channels == 4
-    # both load in diffusers, float16 as shipped
-    tcn = TorchControlNet.from_pretrained(summary["exported"]["controlnet"])
-    tu9 = TorchUNet.from_pretrained(summary["exported"]["inpaint_unet"])
-    assert tcn.dtype == torch.float16 and tu9.config.in_channels == 9
+    # both load in diffusers; the exported weights are float16, as shipped
+    from safetensors import safe_open
+
+    tcn = TorchControlNet.from_pretrained(summary["exported"]["controlnet"], torch_dtype=torch.float32)
+    tu9 = TorchUNet.from_pretrained(summary["exported"]["inpaint_unet"], torch_dtype=torch.float32)
+    assert tcn.config.conditioning_channels == 3 and tu9.config.in_channels == 9
+    for folder in summary["exported"].values():
+        with safe_open(f"{folder}/diffusion_pytorch_model.safetensors", "np") as f:
+            assert {str(f.get_tensor(k).dtype) for k in f.keys()} == {"float16"}
 
 
 def test_inpaint_masks_are_the_documented_kinds():

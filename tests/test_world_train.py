@@ -10,28 +10,21 @@ from flax import nnx
 
 from jaxvedit.world import models as wm
 from jaxvedit.world.fit import FitConfig, TrainingInterrupted, fit
-from jaxvedit.world.train import WorldTrainConfig, train_world, vae_loss
+from jaxvedit.world.train import WorldTrainConfig, vae_loss
 
 
-def _tiny_cfg(out, **kw):
-    base = dict(output_dir=str(out), preset="tiny", scenes=24, latent_scenes=6, frames=4,
-                vae_steps=4, clip_steps=3, unet_steps=4, vae_batch=2, clip_batch=4, unet_batch=4,
-                progress=False, dtype="float32")
-    return WorldTrainConfig(**{**base, **kw})
-
-
-def test_every_stage_runs_and_the_pipeline_loads(tmp_path):
+def test_every_stage_runs_and_the_pipeline_loads(tiny_world_run):
     torch = pytest.importorskip("torch")
     from diffusers import StableDiffusionPipeline
 
     from jaxvedit.models import load_components
 
-    summary = train_world(_tiny_cfg(tmp_path / "run"))
-    root = tmp_path / "run" / "pipeline"
+    run, summary = tiny_world_run  # conftest: train_world on the tiny preset, every stage
+    root = run / "pipeline"
     index = json.loads((root / "model_index.json").read_text())
     assert index["jaxvedit_world"]["version"] == wm.WORLD_VERSION and wm.is_world_model(root)
     for stage in ("vae", "clip", "unet"):
-        assert (tmp_path / "run" / stage / "metrics.jsonl").read_text().strip()
+        assert (run / stage / "metrics.jsonl").read_text().strip()
     comps = load_components(root, ("unet", "vae", "text_encoder"))
     assert comps["vae"].config.scaling_factor != 1.0  # set from the latent statistics
     pipe = StableDiffusionPipeline.from_pretrained(root, torch_dtype=torch.float32)
