@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nwrote: adapter {summary['adapter']}, metrics {summary['metrics']}, "
           f"loss curve {summary['loss_curve']}, checkpoints {summary['checkpoints']}", file=sys.stderr)
     if demo:
-        print("\nThat was the embedded demo (tiny random model, generated clips). Train for real with\n"
+        print("\nThat was the embedded demo (the shipped world model, 12 rendered world videos). Train for "
+              "real with\n"
               "  python -m jaxvedit.train --model stable-diffusion-v1-5/stable-diffusion-v1-5 "
               "--data path/to/msrvtt_or_captions_folder --output-dir runs/sd15\n"
               "(--model also takes a diffusers folder or a single-file checkpoint; see --help).",

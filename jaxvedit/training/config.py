@@ -15,7 +15,8 @@ def opt(default, help: str, group: str = "options"):
 class TrainConfig:
     """Train the adapters (gated LoRA + shared/unshared prompt tokens) of SD1.5 on video clips
     with the diffusion and temporal consistency losses (SPEC §3). With no --model and no --data
-    it runs the embedded demo: a tiny random model on a generated sample, on CPU, in minutes."""
+    it runs the embedded demo: the shipped world model on 12 rendered world videos, on CPU, in
+    minutes."""
 
     method: Literal["adapters", "dape"] = opt(
         "adapters", "what to train: 'adapters' (gated LoRA + prompt tokens, these options) or "
