@@ -9,8 +9,8 @@ come from the renderer:
 * TokenFlow: the source video and the two prompts (no negative prompt: the host's default
   negative prompt has no words of the world's vocabulary).
 * LoRA-Edit: the mask (1 = keep) from the ground truth -- for a colour or shape edit, every pixel
-  outside the subject's region in the source *and* in the oracle target (amodal, dilated by
-  ``MASK_DILATION`` px) is kept; for a background edit, the objects are kept and the background
+  outside the subject's visible region in the source *and* in the oracle target (dilated by
+  ``MASK_DILATION`` px) is kept (an object in front of the subject is kept); for a background edit, the objects are kept and the background
   regenerated (its pixels dilated by the same amount) -- and the edited first frame: the oracle
   target's frame 0 (the paper's user edits it with an image editor).
 """
@@ -86,7 +86,8 @@ def lora_edit_keep_mask(source, target, kind: str, dilation: int = MASK_DILATION
     """``(T, H, W)`` bool, True = keep: see the module docstring."""
     if kind == "background":
         return ~_dilate(source.background_mask, dilation)
-    region = (source.amodal[:, 0] > 0) | (target.amodal[:, 0] > 0)  # object 0: the subject
+    # object 0 is the subject; visible coverage: an object in front of it stays kept
+    region = (source.masks[:, 0] > 0) | (target.masks[:, 0] > 0)
     return ~_dilate(region, dilation)
 
 
