@@ -278,18 +278,11 @@ def _apply_batched(model, field: str, x: np.ndarray, batch_size: int) -> np.ndar
     """``model(x).<field>`` in batches of one fixed size (the last one padded), jit-compiled."""
     from flax import nnx
 
+    from jaxvedit.data.encoders import batched
+
     graphdef, state = nnx.split(model)
     f = _jitted(field)
-    n = len(x)
-    bs = max(1, min(int(batch_size), n))
-    out = []
-    for i in range(0, n, bs):
-        chunk = x[i:i + bs]
-        pad = bs - len(chunk)
-        if pad:
-            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
-        out.append(np.asarray(f(graphdef, state, chunk))[: bs - pad])
-    return np.concatenate(out)
+    return batched(lambda chunk: f(graphdef, state, chunk), x, int(batch_size))
 
 
 def _normalise(e: np.ndarray) -> np.ndarray:

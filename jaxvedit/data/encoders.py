@@ -107,8 +107,9 @@ def jit_split(module, fn):
     return lambda x: run(state, x)
 
 
-def batched(fn, x: np.ndarray, batch: int) -> np.ndarray:
-    """``fn`` over ``x`` in chunks of one fixed size (the last padded): one compiled program."""
+def batched(fn, x: np.ndarray, batch: int, pre=None, post=None) -> np.ndarray:
+    """``fn`` over ``x`` in chunks of one fixed size (the last padded): one compiled program.
+    ``pre`` / ``post`` convert each chunk on the host (so a whole clip is never held in float)."""
     import jax.numpy as jnp
 
     n, bs = len(x), max(1, min(batch, len(x)))
@@ -118,7 +119,8 @@ def batched(fn, x: np.ndarray, batch: int) -> np.ndarray:
         pad = bs - len(part)
         if pad:
             part = np.concatenate([part, np.repeat(part[-1:], pad, axis=0)])
-        out.append(np.asarray(fn(jnp.asarray(part)))[:bs - pad])
+        y = np.asarray(fn(jnp.asarray(part if pre is None else pre(part))))[:bs - pad]
+        out.append(y if post is None else post(y))
     return np.concatenate(out)
 
 

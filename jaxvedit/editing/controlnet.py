@@ -26,11 +26,9 @@ def _log(msg: str) -> None:
 
 def default_depth_cache() -> Path:
     """``$JAXVEDIT_CACHE/depth`` or ``~/.cache/jaxvedit/depth`` (``$XDG_CACHE_HOME`` honoured)."""
-    root = os.environ.get("JAXVEDIT_CACHE")
-    if root:
-        return Path(root) / "depth"
-    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(xdg) / "jaxvedit" / "depth"
+    from jaxvedit.models.loading import cache_root
+
+    return cache_root() / "depth"
 
 
 def auto_depth(frames: np.ndarray, *, model: str, normalize: str = "frame",

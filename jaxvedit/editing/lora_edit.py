@@ -195,12 +195,12 @@ def read_edited_frames(folder) -> dict[int, np.ndarray]:
 
 def _encode(editor, images_m11: np.ndarray) -> np.ndarray:
     """VAE posterior means (scaled), through the editor's compiled encoder, in its batch size."""
-    from jaxvedit.editing.pipeline import _batched, _jit_method
+    from jaxvedit.data.encoders import batched, jit_split
 
     fn = getattr(editor, "_encode", None)
     if fn is None:
-        fn = _jit_method(editor.vae, lambda m, x: m.encode_to_latents(x))
-    return _batched(fn, np.asarray(images_m11, np.float32), editor.batch_frames)
+        fn = jit_split(editor.vae, lambda m, x: m.encode_to_latents(x))
+    return batched(fn, np.asarray(images_m11, np.float32), editor.batch_frames)
 
 
 def lora_edit(editor, frames, source_prompt: str, prompt: str, *, mask, edited_first_frame,

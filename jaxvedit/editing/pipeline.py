@@ -24,6 +24,7 @@ import numpy as np
 from flax import nnx
 
 from jaxvedit.adapters import LoRAModel, merged_lora
+from jaxvedit.data.encoders import batched, jit_split
 from jaxvedit.diffusion import BilateralFilterConfig, ddim_invert, ddim_sample, default_feature_paths
 from jaxvedit.diffusion.schedules import NoiseSchedule
 from jaxvedit.editing.adapters import find_adapter_parts, load_edit_adapters  # noqa: F401
@@ -101,28 +102,6 @@ def chunk_indices(num_frames: int, batch_frames: int, carry_first: bool) -> list
 # the editor
 
 
-def _jit_method(module, fn):
-    graphdef, state = nnx.split(module)
-    run = jax.jit(lambda s, x: fn(nnx.merge(graphdef, s), x))
-    return lambda x: run(state, x)
-
-
-def _batched(fn, x: np.ndarray, batch: int, pre=None, post=None) -> np.ndarray:
-    """``fn`` over ``x`` in batches of one fixed size (last one padded): one compiled program.
-    ``pre`` / ``post`` convert each batch on the host (so a whole clip is never held in float)."""
-    n = len(x)
-    bs = max(1, min(batch, n))
-    out = []
-    for i in range(0, n, bs):
-        part = x[i:i + bs]
-        pad = bs - len(part)
-        if pad:
-            part = np.concatenate([part, np.repeat(part[-1:], pad, axis=0)])
-        y = np.asarray(fn(jnp.asarray(part if pre is None else pre(part))))[:bs - pad]
-        out.append(y if post is None else post(y))
-    return np.concatenate(out)
-
-
 @dataclass
 class EditResult:
     frames: np.ndarray  # (T, H, W, 3) uint8 edited
@@ -158,9 +137,9 @@ class Editor:
         self.tokenizer = load_tokenizer(root)
         sched = root / "scheduler" / "scheduler_config.json"
         self.schedule = NoiseSchedule.from_config(sched) if sched.is_file() else NoiseSchedule.sd15()
-        self._encode = _jit_method(self.vae, lambda m, x: m.encode_to_latents(x))
-        self._decode = _jit_method(self.vae, lambda m, z: m.decode_latents(z))
-        self._text = _jit_method(self.text_encoder, lambda m, ids: m(ids).last_hidden_state)
+        self._encode = jit_split(self.vae, lambda m, x: m.encode_to_latents(x))
+        self._decode = jit_split(self.vae, lambda m, z: m.decode_latents(z))
+        self._text = jit_split(self.text_encoder, lambda m, ids: m(ids).last_hidden_state)
         self.lora = self.text_lora = self.tokens = self.vision = self.dape = self.controlnet = None
         if controlnet is not None:  # jaxvedit.editing.controlnet
             from jaxvedit.models.controlnet import check_controlnet_fits_unet
@@ -185,15 +164,15 @@ class Editor:
         self.batch_frames, self.root, self.adapter_path = batch_frames, None, None
         self.unet, self.vae, self.text_encoder = unet, vae, text_encoder
         self.tokenizer, self.schedule = tokenizer, schedule
-        self._encode = _jit_method(vae, lambda m, x: m.encode_to_latents(x))
-        self._decode = _jit_method(vae, lambda m, z: m.decode_latents(z))
-        self._text = _jit_method(text_encoder, lambda m, ids: m(ids).last_hidden_state)
+        self._encode = jit_split(vae, lambda m, x: m.encode_to_latents(x))
+        self._decode = jit_split(vae, lambda m, z: m.decode_latents(z))
+        self._text = jit_split(text_encoder, lambda m, ids: m(ids).last_hidden_state)
         self.lora, self.tokens, self.vision = lora, tokens, vision
         self.text_lora = self.dape = self.controlnet = None  # validation edits: no ControlNet
         self.unshared = vision is not None  # prompt tokens without a tower: the shared part only
         self.adapter_notes, self.lora_merge = [], False
         if vision is not None:
-            self._vision = _jit_method(vision, lambda m, x: m(x).last_hidden_state)
+            self._vision = jit_split(vision, lambda m, x: m(x).last_hidden_state)
         return self
 
     @classmethod
@@ -205,9 +184,9 @@ class Editor:
         self.batch_frames, self.root, self.adapter_path = batch_frames, None, None
         self.unet, self.vae, self.text_encoder, self.tokenizer = unet, vae, text_encoder, tokenizer
         self.schedule = schedule if schedule is not None else NoiseSchedule.sd15()
-        self._encode = _jit_method(self.vae, lambda m, x: m.encode_to_latents(x))
-        self._decode = _jit_method(self.vae, lambda m, z: m.decode_latents(z))
-        self._text = _jit_method(self.text_encoder, lambda m, ids: m(ids).last_hidden_state)
+        self._encode = jit_split(self.vae, lambda m, x: m.encode_to_latents(x))
+        self._decode = jit_split(self.vae, lambda m, z: m.decode_latents(z))
+        self._text = jit_split(self.text_encoder, lambda m, ids: m(ids).last_hidden_state)
         self.lora = self.text_lora = self.tokens = self.vision = self.dape = self.controlnet = None
         self.unshared, self.adapter_notes, self.lora_merge = True, [], False
         return self
@@ -220,7 +199,7 @@ class Editor:
         self.lora, self.text_lora, self.tokens, self.unshared = ad.lora, ad.text_lora, ad.tokens, ad.unshared
         self.vision, self.adapter_notes, self.dape = ad.vision, ad.notes, ad.dape
         if self.vision is not None:
-            self._vision = _jit_method(self.vision, lambda m, x: m(x).last_hidden_state)
+            self._vision = jit_split(self.vision, lambda m, x: m(x).last_hidden_state)
         if self.text_lora is not None:
             gd, state = nnx.split(LoRAModel(self.text_encoder, self.text_lora))
             run = jax.jit(lambda s, ids, r: nnx.merge(gd, s)(ids, lora_ratio=r).last_hidden_state)
@@ -230,12 +209,12 @@ class Editor:
     def encode_frames(self, frames: np.ndarray) -> np.ndarray:
         from jaxvedit.data.video import to_model_range
 
-        return _batched(self._encode, np.asarray(frames), self.batch_frames, pre=to_model_range)
+        return batched(self._encode, np.asarray(frames), self.batch_frames, pre=to_model_range)
 
     def decode_latents(self, latents: np.ndarray) -> np.ndarray:
         from jaxvedit.data.video import from_model_range
 
-        return _batched(self._decode, np.asarray(latents, np.float32), self.batch_frames,
+        return batched(self._decode, np.asarray(latents, np.float32), self.batch_frames,
                         post=from_model_range)
 
     def text_embeddings(self, prompts: list[str], text_lora_ratio: float | None = None) -> np.ndarray:
@@ -263,7 +242,7 @@ class Editor:
             from jaxvedit.metrics import clip_preprocess
 
             pixels = clip_preprocess(frames, self.vision.config.image_size)
-            hidden = _batched(self._vision, pixels, self.batch_frames)
+            hidden = batched(self._vision, pixels, self.batch_frames)
             prefix = np.asarray(self.tokens(jnp.asarray(hidden)), np.float32)  # (T, P, D)
         return [np.concatenate([prefix, np.broadcast_to(t[None], (len(prefix),) + t.shape)], axis=1)
                 for t in text]

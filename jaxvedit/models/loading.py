@@ -32,6 +32,15 @@ _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 _SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 
 
+def cache_root() -> Path:
+    """Where jaxvedit caches what it computes or assembles: ``$JAXVEDIT_CACHE``, else
+    ``$XDG_CACHE_HOME/jaxvedit``, else ``~/.cache/jaxvedit``."""
+    root = os.environ.get("JAXVEDIT_CACHE")
+    if root:
+        return Path(root)
+    return Path(os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")) / "jaxvedit"
+
+
 def resolve_source(source: str | os.PathLike, subfolders: tuple[str, ...] = ()) -> tuple[str, Path]:
     """Classify ``source``: ``("folder", path)``, ``("single_file", path)``.
 

@@ -72,15 +72,11 @@ def tokenflow_row(ctx, batch: RowBatch, *, adapter: bool = False, filter: str = 
 
 
 def _dilate(mask: np.ndarray, r: int) -> np.ndarray:
-    """Binary dilation of ``(T, H, W)`` masks by a ``(2 r + 1)`` square."""
-    m = np.pad(np.asarray(mask, bool), ((0, 0), (r, r), (r, r)))
-    h, w = mask.shape[1:]
-    out = np.zeros(mask.shape, bool)
-    for dy in range(2 * r + 1):
-        for dx in range(2 * r + 1):
-            out |= m[:, dy:dy + h, dx:dx + w]
-    return out
+    """Binary dilation of ``(T, H, W)`` masks by a ``(2 r + 1)`` square (the inpainting
+    fine-tuning's :func:`~jaxvedit.world.train_conditioned.dilate`)."""
+    from jaxvedit.world.train_conditioned import dilate
 
+    return np.asarray(dilate(np.asarray(mask, np.float32), r)) > 0
 
 def lora_edit_keep_mask(source, target, kind: str, dilation: int = MASK_DILATION) -> np.ndarray:
     """``(T, H, W)`` bool, True = keep: see the module docstring."""

@@ -30,16 +30,16 @@ class WorldPipeline:
         from jaxvedit.models import load_components
         from jaxvedit.models.clip import load_tokenizer
         from jaxvedit.world.models import world_model_path
-        from jaxvedit.world.train import jit_method
+        from jaxvedit.data.encoders import jit_split
 
         self.path = Path(path) if path is not None else world_model_path()
         comps = load_components(self.path, ("unet", "vae", "text_encoder"), dtype=dtype)
         self.unet, self.vae, self.text_encoder = comps["unet"], comps["vae"], comps["text_encoder"]
         self.tokenizer = load_tokenizer(self.path)
         self.schedule = NoiseSchedule.from_config(self.path / "scheduler" / "scheduler_config.json")
-        self._enc = jit_method(self.vae, lambda m, x: m.encode_to_latents(x))
-        self._dec = jit_method(self.vae, lambda m, z: m.decode_latents(z))
-        self._txt = jit_method(self.text_encoder, lambda m, ids: m(ids).last_hidden_state)
+        self._enc = jit_split(self.vae, lambda m, x: m.encode_to_latents(x))
+        self._dec = jit_split(self.vae, lambda m, z: m.decode_latents(z))
+        self._txt = jit_split(self.text_encoder, lambda m, ids: m(ids).last_hidden_state)
 
     def text(self, prompts: list[str]) -> jax.Array:
         from jaxvedit.models.clip import tokenize

@@ -193,12 +193,10 @@ def world_inpaint_path(version: str = WORLD_VERSION, *, missing_ok: bool = False
             return None
         raise FileNotFoundError(f"no world inpainting UNet is shipped in this install ({unet}); "
                                 "train one with python -m jaxvedit.world.train_conditioned")
+    from jaxvedit.models.loading import cache_root
+
     base = world_model_path(version)
-    if cache_dir is None:
-        env = os.environ.get("JAXVEDIT_CACHE")
-        cache_dir = Path(env) if env else Path(os.environ.get("XDG_CACHE_HOME") or
-                                               Path.home() / ".cache") / "jaxvedit"
-    root = Path(cache_dir) / f"{version}-inpaint"
+    root = Path(cache_dir if cache_dir is not None else cache_root()) / f"{version}-inpaint"
     index = json.loads((base / "model_index.json").read_text())
     index["_class_name"] = "StableDiffusionInpaintPipeline"
     parts = {"unet": unet, **{p: base / p for p in ("vae", "text_encoder", "tokenizer", "scheduler",

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxvedit.data.encoders import jit_split
 from jaxvedit.training.config import opt
 from jaxvedit.world import models as wm
 from jaxvedit.world.fit import FitConfig, fit
@@ -170,7 +171,7 @@ def train_vae(cfg: WorldTrainConfig, pool: Pool, out: Path):
     vae = fit("vae", vae, loss_fn, pool.arrays, fcfg, out / "vae", resume=cfg.resume)
 
     # scaling factor: 1 / std of the latents of 2048 frames (SD: 0.18215)
-    enc = jit_method(vae, lambda m, x: m.encode(x).mode())
+    enc = jit_split(vae, lambda m, x: m.encode(x).mode())
     zs = []
     for i in range(8):
         _, frames = _draw_frames(jax.random.key(10_000 + i), pool.arrays, 256, cfg.frames, cfg.size)
@@ -222,13 +223,6 @@ def train_clip(cfg: WorldTrainConfig, pool: Pool, out: Path):
     return pair.text, tcfg, pair.vision, vcfg
 
 
-def jit_method(module, fn):
-    """``x -> fn(module, x)`` compiled once, the module's state an argument (not a constant)."""
-    graphdef, state = nnx.split(module)
-    run = jax.jit(lambda st, x: fn(nnx.merge(graphdef, st), x))
-    return lambda x: run(state, x)
-
-
 def _batched(fn, x, bs):
     return jnp.concatenate([fn(x[i:i + bs]) for i in range(0, x.shape[0], bs)])
 
@@ -243,7 +237,7 @@ def train_unet(cfg: WorldTrainConfig, pool: Pool, vae, text, out: Path):
     schedule = NoiseSchedule.sd15()
     n = cfg.latent_scenes
     t0 = time.perf_counter()
-    enc = jit_method(vae, lambda m, x: m.encode_to_latents(x * 2.0 - 1.0))
+    enc = jit_split(vae, lambda m, x: m.encode_to_latents(x * 2.0 - 1.0))
     sub = jax.tree.map(lambda a: a[:n], pool.arrays)
     lat = []
     per = max(1, 512 // cfg.frames)
@@ -256,7 +250,7 @@ def train_unet(cfg: WorldTrainConfig, pool: Pool, vae, text, out: Path):
         z = enc(frames)
         lat.append(z.astype(jnp.bfloat16).reshape((b, cfg.frames) + z.shape[1:]))
     latents = jnp.concatenate(lat)
-    text_fn = jit_method(text, lambda m, ids: m(ids).last_hidden_state)
+    text_fn = jit_split(text, lambda m, ids: m(ids).last_hidden_state)
     emb = _batched(text_fn, pool.tokens[:n], 1024).astype(jnp.bfloat16)
     empty = text_fn(pool.empty_tokens)[0].astype(jnp.bfloat16)
     jax.block_until_ready(emb)

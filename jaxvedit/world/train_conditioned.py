@@ -157,15 +157,14 @@ class _Frozen:
 
         comps = load_components(base, ("unet", "vae", "text_encoder"), dtype=dtype)
         self.unet, self.vae, self.text = comps["unet"], comps["vae"], comps["text_encoder"]
-        self.defs = {k: nnx.split(m)[0] for k, m in (("unet", self.unet), ("vae", self.vae),
-                                                      ("text", self.text))}
+        self.split = {k: nnx.split(m) for k, m in (("unet", self.unet), ("vae", self.vae),
+                                                   ("text", self.text))}
 
     def states(self, *names):
-        mods = {"unet": self.unet, "vae": self.vae, "text": self.text}
-        return {n: nnx.split(mods[n])[1] for n in names}
+        return {n: self.split[n][1] for n in names}
 
     def merge(self, data, name):
-        return nnx.merge(self.defs[name], data[name])
+        return nnx.merge(self.split[name][0], data[name])
 
 
 def _pool_data(cfg, tokenizer) -> dict:
