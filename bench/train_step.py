@@ -23,6 +23,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -34,7 +35,11 @@ TAPS = ("up_blocks.2.attentions.*.transformer_blocks.0.attn1",
         "up_blocks.3.attentions.*.transformer_blocks.0.attn1")
 
 
-def run_jax(args):
+def build_jax_step(args) -> SimpleNamespace:
+    """The benchmark's jitted adapter step and its inputs, built once (``run_jax`` times it,
+    ``bench/profile_step.py`` profiles it): ``one(i)`` runs step ``i`` (PRNG key folded with
+    ``i``) and returns its loss; ``step``, ``state``, ``batch``, ``key``, ``loss_fn``,
+    ``devices`` and ``clips`` (the global batch) are there for lowering and counting."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -82,6 +87,23 @@ def run_jax(args):
         "vision": rng.standard_normal((b, T, N_VISION, D), np.float32),
     }, shard)
     key = jax.random.key(0)
+
+    def one(i):
+        loss, _ = state.step(step, batch, jax.random.fold_in(key, i))
+        return loss
+
+    return SimpleNamespace(step=step, state=state, batch=batch, key=key, loss_fn=loss_fn,
+                           devices=devices, clips=b, one=one)
+
+
+def run_jax(args):
+    import jax
+
+    from jaxvedit.adapters import make_adapter_train_step
+
+    built = build_jax_step(args)
+    step, state, batch, key, loss_fn = built.step, built.state, built.batch, built.key, built.loss_fn
+    devices, b, one = built.devices, built.clips, built.one
     if args.flops_only:
         return {"impl": "jax", "xla_flops_per_step": _count_flops(make_adapter_train_step, loss_fn, state,
                                                                    batch, key),
@@ -94,10 +116,6 @@ def run_jax(args):
         ref = Path(__file__).resolve().parent / "flops_train_step.json"
         if ref.is_file() and b == json.loads(ref.read_text())["clips"]:
             flops = float(json.loads(ref.read_text())["xla_flops_per_step"]) * len(devices)
-
-    def one(i):
-        loss, _ = state.step(step, batch, jax.random.fold_in(key, i))
-        return loss
 
     for i in range(args.warmup):
         jax.block_until_ready(one(i))
