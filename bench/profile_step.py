@@ -129,17 +129,18 @@ def report(rows: list[dict], args) -> Path:
     print_table("Kernel-time profile per step (ms)", [
         {"config": r["config"], "source": r["source"], "wall_ms": r["wall_ms"],
          "wall_ms_traced": r["wall_ms_traced"], "kernel_ms": r["kernel_ms"], "busy_ms": r["busy_ms"],
-         "idle_ms": r["idle_ms"], "kernels": r["kernels"], "distinct": r["distinct_kernels"],
+         "idle_ms": r["idle_ms"], "kernels": r["kernels"], "distinct_names": r["distinct_kernels"],
          **{k["kind"]: f"{100 * k['share']:.1f}%" for k in r["kinds"]}} for r in rows],
         ["config", "source", "wall_ms", "wall_ms_traced", "kernel_ms", "busy_ms", "idle_ms", "kernels",
-         "distinct"] + [k["kind"] for k in rows[0]["kinds"]])
+         "distinct_names"] + [k["kind"] for k in rows[0]["kinds"]])
     for r in rows:
         print(f"\nkernel events from: {r['source']} ({'; '.join(r['lines'][:6])}"
               f"{' ...' if len(r['lines']) > 6 else ''})")
-        print_table(f"{r['config']}: top {len(r['top'])} kernels per step", r["top"],
+        pct = lambda rows: [{**x, "share": f"{100 * x['share']:.1f}%"} for x in rows]  # noqa: E731
+        print_table(f"{r['config']}: top {len(r['top'])} kernels per step", pct(r["top"]),
                     ["kernel", "kind", "count", "ms", "share"])
         print_table(f"{r['config']}: top {len(r['families'])} kernel families per step (numeric suffixes "
-                    "dropped)", r["families"], ["kernel", "kind", "count", "ms", "share"])
+                    "dropped)", pct(r["families"]), ["kernel", "kind", "count", "ms", "share"])
     name = "profile_step" + ("_tiny" if args.tiny else "")
     path = write_json(name, {"args": vars(args), "rows": rows})
     print(f"\nwrote {path}")
