@@ -7,8 +7,9 @@ Which events count as kernels:
 * ``device``: when the trace has a device process (``process_name`` ``/device:GPU:0``, ...), the
   complete events (``ph == "X"``) on its stream lines (``thread_name`` ``Stream #...``). The
   device process also has derived lines (``XLA Modules``, ``XLA Ops``, ``Steps``, name scopes,
-  source lines, ``CUPTI overhead``) that repeat the same time span: they are never summed. If a device process has
-  no line named ``Stream...``, every line not named as a derived one is used (reported).
+  source lines, ``CUPTI overhead``) that repeat the same time span: they are never summed. If a
+  device process has no line named ``Stream...``, every line not named as a derived one is used
+  (reported).
 * ``host-xla-ops``: otherwise (CPU backend), the host's XLA thunk events: complete events whose
   ``args`` carry ``hlo_op`` (the thunk executor's per-op events; ``end: ...`` markers carry none),
   without control-flow containers (``while``, ``conditional``, ``call``) that enclose other ops.
