@@ -67,6 +67,26 @@ def _as_float(x):
     return x
 
 
+def _check_window_args(radius, sigma_spatial, sigma_range, range_mode, window) -> None:
+    """The arguments of the spatial (latent) window filters: this one and the symmetric filter."""
+    if isinstance(radius, bool) or int(radius) != radius or radius < 1:
+        raise ValueError(f"radius must be an integer >= 1, got {radius!r}")
+    _check_sigma("sigma_spatial", sigma_spatial)
+    _check_sigma("sigma_range", sigma_range, allow_inf=True)
+    if range_mode not in _RANGE_MODES:
+        raise ValueError(f"range_mode must be one of {_RANGE_MODES}, got {range_mode!r}")
+    if window not in _WINDOWS:
+        raise ValueError(f"window must be one of {_WINDOWS}, got {window!r}")
+
+
+def _as_batched(x, what: str):
+    """x as float (B, H, W, C) and whether it was (H, W, C); ``what`` starts the rank error."""
+    x = _as_float(x)
+    if x.ndim not in (3, 4):
+        raise ValueError(f"{what} rank 3 (H,W,C) or 4 (B,H,W,C), got rank {x.ndim}")
+    return (x[None], True) if x.ndim == 3 else (x, False)
+
+
 # --------------------------------------------------------------------------- latent form
 
 
@@ -94,6 +114,35 @@ def _range_weight(d, sr):
     return jnp.exp(-0.5 * z * z)
 
 
+def _bilateral_weight(dist2: int, d, ss, sr):
+    """Gs(p - q) Gr(I_q - I_p) (eq. 10-11) of the neighbour at squared distance ``dist2`` whose
+    value differs by ``d``; every filter of this package and of symmetric_bilateral uses it."""
+    return _spatial_weight(dist2, ss) * _range_weight(d, sr)
+
+
+def _range_sigma(x, sigma_range, relative: bool):
+    """sigma_range as an array of x's dtype; ``relative``: times the per-image, per-channel std
+    of x (B, H, W, C) -> (B, 1, 1, C), a constant channel counting as std 1."""
+    sr = jnp.asarray(sigma_range, x.dtype)
+    if relative:
+        std = jnp.std(x, axis=(1, 2), keepdims=True)  # (B,1,1,C): per frame, per channel
+        sr = sr * jnp.where(std > 0, std, jnp.ones_like(std))
+    return sr
+
+
+def _normalised_sum(xf, neighbours, ss, sr):
+    """eq. 9 over ``neighbours`` = (|p - q|^2, I_q) pairs, as I_p + sum_q w_q (I_q - I_p) /
+    sum_q w_q (a constant input comes back bit-exactly)."""
+    num = jnp.zeros_like(xf)
+    den = jnp.zeros_like(xf)
+    for dist2, nb in neighbours:
+        d = nb - xf
+        w = _bilateral_weight(dist2, d, ss, sr)
+        num = num + w * d
+        den = den + w
+    return xf + num / den
+
+
 @functools.partial(jax.jit, static_argnames=("radius", "relative", "window"))
 def _bilateral_latent(x, sigma_spatial, sigma_range, *, radius: int, relative: bool, window: str):
     """x (B, H, W, C) -> filtered, same shape/dtype."""
@@ -102,20 +151,11 @@ def _bilateral_latent(x, sigma_spatial, sigma_range, *, radius: int, relative: b
     B, H, W, C = xf.shape
     r = radius
     xp = jnp.pad(xf, ((0, 0), (r, r), (r, r), (0, 0)), mode="edge")
-    sr = jnp.asarray(sigma_range, xf.dtype)
-    if relative:
-        std = jnp.std(xf, axis=(1, 2), keepdims=True)  # (B,1,1,C): per frame, per channel
-        sr = sr * jnp.where(std > 0, std, jnp.ones_like(std))
+    sr = _range_sigma(xf, sigma_range, relative)
     ss = jnp.asarray(sigma_spatial, xf.dtype)
-    num = jnp.zeros_like(xf)
-    den = jnp.zeros_like(xf)
-    for dy, dx in _spatial_offsets(r, window):
-        nb = jax.lax.dynamic_slice(xp, (0, r + dy, r + dx, 0), (B, H, W, C))
-        d = nb - xf
-        w = _spatial_weight(dy * dy + dx * dx, ss) * _range_weight(d, sr)
-        num = num + w * d
-        den = den + w
-    return (xf + num / den).astype(dtype)
+    nbs = ((dy * dy + dx * dx, jax.lax.dynamic_slice(xp, (0, r + dy, r + dx, 0), (B, H, W, C)))
+           for dy, dx in _spatial_offsets(r, window))
+    return _normalised_sum(xf, nbs, ss, sr).astype(dtype)
 
 
 def bilateral_filter_latent(
@@ -142,20 +182,9 @@ def bilateral_filter_latent(
     Edge (replicate) padding. Input checks raise ``ValueError``; the finite-values check needs a
     concrete array (under an outer ``jit`` it is skipped).
     """
-    x = _as_float(x)
-    if x.ndim not in (3, 4):
-        raise ValueError(f"bilateral_filter_latent expects rank 3 (H,W,C) or 4 (B,H,W,C), got rank {x.ndim}")
-    if isinstance(radius, bool) or int(radius) != radius or radius < 1:
-        raise ValueError(f"radius must be an integer >= 1, got {radius!r}")
-    _check_sigma("sigma_spatial", sigma_spatial)
-    _check_sigma("sigma_range", sigma_range, allow_inf=True)
-    if range_mode not in _RANGE_MODES:
-        raise ValueError(f"range_mode must be one of {_RANGE_MODES}, got {range_mode!r}")
-    if window not in _WINDOWS:
-        raise ValueError(f"window must be one of {_WINDOWS}, got {window!r}")
-    _check_finite(x)
-    squeeze = x.ndim == 3
-    x4 = x[None] if squeeze else x
+    x4, squeeze = _as_batched(x, "bilateral_filter_latent expects")
+    _check_window_args(radius, sigma_spatial, sigma_range, range_mode, window)
+    _check_finite(x4)
     out = _bilateral_latent(
         x4,
         jnp.asarray(sigma_spatial, jnp.float32),
@@ -198,15 +227,8 @@ def _bilateral_frames(x, sigma_spatial, sigma_range, *, radius: int):
     xp = jnp.pad(xf, pad, mode="reflect") if T > 1 else jnp.pad(xf, pad, mode="edge")
     sr = jnp.asarray(sigma_range, xf.dtype)
     ss = jnp.asarray(sigma_spatial, xf.dtype)
-    num = jnp.zeros_like(xf)
-    den = jnp.zeros_like(xf)
-    for k in range(-r, r + 1):
-        nb = jax.lax.slice_in_dim(xp, r + k, r + k + T, axis=0)
-        d = nb - xf
-        w = _spatial_weight(k * k, ss) * _range_weight(d, sr)
-        num = num + w * d
-        den = den + w
-    return (xf + num / den).astype(dtype)
+    nbs = ((k * k, jax.lax.slice_in_dim(xp, r + k, r + k + T, axis=0)) for k in range(-r, r + 1))
+    return _normalised_sum(xf, nbs, ss, sr).astype(dtype)
 
 
 def bilateral_filter_frames(x, *, kernel_size: int = 5, sigma_spatial: float = 1.0, sigma_range: float = 1.0):

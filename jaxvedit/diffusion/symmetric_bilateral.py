@@ -32,18 +32,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxvedit.diffusion.bilateral import (
-    _as_float,
+    _as_batched,
+    _bilateral_weight,
     _check_finite,
-    _check_sigma,
-    _range_weight,
+    _check_window_args,
+    _range_sigma,
     _spatial_offsets,
-    _spatial_weight,
 )
 
 __all__ = ["symmetric_bilateral_weights", "apply_symmetric_bilateral", "symmetric_bilateral_filter"]
-
-_RANGE_MODES = ("absolute", "relative")
-_WINDOWS = ("square", "disk")
 
 
 def _shift(a, dy, dx):
@@ -71,15 +68,12 @@ def _weights(guide, sigma_spatial, sigma_range, *, radius: int, relative: bool, 
     g = guide.astype(jnp.promote_types(guide.dtype, jnp.float32))
     B, H, W, C = g.shape
     offs = _spatial_offsets(radius, window)
-    sr = jnp.asarray(sigma_range, g.dtype)
-    if relative:
-        std = jnp.std(g, axis=(1, 2), keepdims=True)
-        sr = sr * jnp.where(std > 0, std, jnp.ones_like(std))
+    sr = _range_sigma(g, sigma_range, relative)
     ss = jnp.asarray(sigma_spatial, g.dtype)
     K = []
     for dy, dx in offs:
         d = _shift(g, dy, dx) - g
-        K.append(_spatial_weight(dy * dy + dx * dx, ss) * _range_weight(d, sr)
+        K.append(_bilateral_weight(dy * dy + dx * dx, d, ss, sr)
                  * _inside(H, W, dy, dx, g.dtype))                       # eq. 10-11, no padding
     K = jnp.stack(K, axis=-1)                                            # (B, H, W, C, K)
 
@@ -109,24 +103,14 @@ def _apply(x, P, *, radius: int, window: str):
 
 
 def _check_common(radius, sigma_spatial, sigma_range, range_mode, window, iterations=None):
-    if isinstance(radius, bool) or int(radius) != radius or radius < 1:
-        raise ValueError(f"radius must be an integer >= 1, got {radius!r}")
-    _check_sigma("sigma_spatial", sigma_spatial)
-    _check_sigma("sigma_range", sigma_range, allow_inf=True)
-    if range_mode not in _RANGE_MODES:
-        raise ValueError(f"range_mode must be one of {_RANGE_MODES}, got {range_mode!r}")
-    if window not in _WINDOWS:
-        raise ValueError(f"window must be one of {_WINDOWS}, got {window!r}")
+    _check_window_args(radius, sigma_spatial, sigma_range, range_mode, window)
     if iterations is not None and (isinstance(iterations, bool) or int(iterations) != iterations
                                    or iterations < 0):
         raise ValueError(f"sinkhorn_iters must be an integer >= 0, got {iterations!r}")
 
 
 def _as4(x, name):
-    x = _as_float(x)
-    if x.ndim not in (3, 4):
-        raise ValueError(f"{name} must be rank 3 (H,W,C) or 4 (B,H,W,C), got rank {x.ndim}")
-    return (x[None], True) if x.ndim == 3 else (x, False)
+    return _as_batched(x, f"{name} must be")
 
 
 def symmetric_bilateral_weights(guide, *, radius: int = 2, sigma_spatial: float = 1.0,
