@@ -220,13 +220,16 @@ def run_torch(args, compile_mode: bool):
 
 def run_all(args, impls) -> list[dict]:
     rows = []
-    for impl in impls:
+    limits = [int(v) for v in str(args.timeout).split(",")]
+    if len(limits) not in (1, len(impls)):
+        raise SystemExit(f"--timeout: give one value or one per implementation ({len(impls)})")
+    for impl, limit in zip(impls, limits * len(impls) if len(limits) == 1 else limits):
         cmd = [sys.executable, str(Path(__file__).resolve()), f"--impl={impl}",
                "--latent", str(args.latent), "--clips", str(args.clips), "--warmup", str(args.warmup),
                "--repeats", str(args.repeats), "--inner", str(args.inner)] + (["--tiny"] if args.tiny else [])
         t0 = time.perf_counter()
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=limit)
             found = [json.loads(line[len("RESULT "):]) for line in proc.stdout.splitlines()
                      if line.startswith("RESULT ")]
             if proc.returncode or not found:
@@ -234,7 +237,7 @@ def run_all(args, impls) -> list[dict]:
                 print(f"FAILED {impl} ({proc.returncode}):\n{tail}", flush=True)
                 found = [{"impl": impl, "error": tail[-400:]}]
         except subprocess.TimeoutExpired:
-            found = [{"impl": impl, "error": f"timeout {args.timeout}s"}]
+            found = [{"impl": impl, "error": f"timeout {limit}s"}]
         print(f"{impl}: {time.perf_counter() - t0:.0f}s", flush=True)
         rows += found
     return rows
@@ -249,7 +252,8 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--inner", type=int, default=3, help="steps per timed repeat")
-    ap.add_argument("--timeout", type=int, default=300, help="seconds per implementation (all)")
+    ap.add_argument("--timeout", default="300", help="seconds per implementation: one value for "
+                    "all, or one per implementation in --impl's order (e.g. 200,120,270)")
     ap.add_argument("--tiny", action="store_true", help="tiny UNet and ControlNet (CPU smoke test)")
     args = ap.parse_args(argv)
     if args.tiny and args.latent == 64:

@@ -211,11 +211,16 @@ def main(argv=None) -> int:
             cmd.append("--tiny")
         env = {**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
         t0 = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env)
-        got = [json.loads(line[7:]) for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-        if proc.returncode or len(got) != len(args.frames):
-            errors.append({"method": method, "rc": proc.returncode, "stderr": proc.stderr[-3000:]})
-            print(f"FAILED {method} ({proc.returncode}):\n{proc.stderr[-3000:]}", file=sys.stderr)
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env)
+            stdout, stderr, rc = proc.stdout, proc.stderr, proc.returncode
+        except subprocess.TimeoutExpired as e:  # keep the frame counts that finished
+            text = lambda b: b.decode(errors="replace") if isinstance(b, bytes) else (b or "")  # noqa: E731
+            stdout, stderr, rc = text(e.stdout), text(e.stderr) + f"\ntimed out after {args.timeout} s", "timeout"
+        got = [json.loads(line[7:]) for line in stdout.splitlines() if line.startswith("RESULT ")]
+        if rc or len(got) != len(args.frames):
+            errors.append({"method": method, "rc": rc, "stderr": stderr[-3000:]})
+            print(f"FAILED {method} ({rc}):\n{stderr[-3000:]}", file=sys.stderr)
         print(f"{method}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
         rows += got
     extrapolate(rows)

@@ -247,7 +247,7 @@ def main():
     args.model = model
     store = write_store(model, work / "store", spec, args.resolution)
     setup_s = time.perf_counter() - t0
-    env = {**os.environ, "PYTHONPATH": str(REPO), "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p), "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
     rows = [] if args.remat_only else run_train(args, model, store, work / "run", False, env)
     if args.remat or args.remat_only:
         rows += run_train(args, model, store, work / "run-remat", True, env)

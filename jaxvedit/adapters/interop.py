@@ -406,7 +406,7 @@ def lora_to_diffusers_state_dict(lora: LoRA, *, fold_alpha: bool = False, prefix
 
 
 def _peft_name(path: str) -> tuple[str, str]:
-    """``(pattern key, target module name)`` of a module for peft's LoraConfig. peft matches a
+    r"""``(pattern key, target module name)`` of a module for peft's LoraConfig. peft matches a
     pattern key as the regex ``(.*\.)?(key)$`` and a target name as a name suffix; UNet keys are
     anchored at the root with ``^`` (as diffusers writes its rank_pattern, ``loaders/peft.py``);
     text-encoder names leave out ``text_model.`` so they match transformers 4's CLIPTextModel
