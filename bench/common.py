@@ -112,3 +112,37 @@ def print_table(title: str, rows: list[dict], cols: list[str]) -> None:
             cells.append(f"{v:.4g}" if isinstance(v, float) else str(v))
         print("| " + " | ".join(cells) + " |")
     sys.stdout.flush()
+
+
+class timing_gate:  # noqa: N801  (a context manager, used as ``with timing_gate():``)
+    """Lets several benchmark processes compile side by side and time one at a time
+    (``bench/levers.py``). With ``BENCH_GATE_DIR`` set: on entry, announce readiness
+    (``ready.<pid>``), wait for the driver's ``go`` file, then hold an exclusive lock on
+    ``timing.lock`` until exit, so each timed section has the device to itself. Without it:
+    nothing."""
+
+    def __init__(self, poll_s: float = 0.2):
+        self.dir = os.environ.get("BENCH_GATE_DIR")
+        self.poll_s, self._lock = poll_s, None
+
+    def __enter__(self):
+        if not self.dir:
+            return self
+        import fcntl
+
+        gate = Path(self.dir)
+        (gate / f"ready.{os.getpid()}").touch()
+        while not (gate / "go").exists():
+            time.sleep(self.poll_s)
+        self._lock = open(gate / "timing.lock", "w")  # noqa: SIM115  (held until __exit__)
+        fcntl.flock(self._lock, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        if self._lock is not None:
+            import fcntl
+
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+            self._lock.close()
+            self._lock = None
+        return False

@@ -75,6 +75,43 @@ def _tuned_norm(path: str, x, normalized):
     return None if tuned is None or not path else tuned(path, x, normalized)
 
 
+NORM_STATISTICS = ("two-pass", "one-pass")
+_NORM_STATS: contextvars.ContextVar = contextvars.ContextVar("jaxvedit_norm_stats", default=None)
+
+
+@contextlib.contextmanager
+def norm_statistics(mode: str | None):
+    """How GroupNorm / LayerNorm compute the variance in the forward passes *traced* inside this
+    context (read while tracing, like :func:`attention_chunking`), both in float32:
+    ``"two-pass"`` (the default) ``mean((x - mean(x))**2)``, as stable as PyTorch's Welford
+    kernels; ``"one-pass"`` ``mean(x**2) - mean(x)**2`` (clamped at 0), which lets XLA compute
+    both statistics in one read of ``x`` (a speed lever, issue 15: measured by
+    ``bench/levers.py``), at the cost of cancellation when ``|mean| >> std``. ``None``: the
+    process default, ``JAXVEDIT_NORM_STATS`` or ``"two-pass"``."""
+    if mode is not None and mode not in NORM_STATISTICS:
+        raise ValueError(f"norm statistics {mode!r}: choose from {NORM_STATISTICS}")
+    token = _NORM_STATS.set(mode)
+    try:
+        yield
+    finally:
+        _NORM_STATS.reset(token)
+
+
+def _norm_stats_mode() -> str:
+    mode = _NORM_STATS.get() or os.environ.get("JAXVEDIT_NORM_STATS") or "two-pass"
+    if mode not in NORM_STATISTICS:
+        raise ValueError(f"JAXVEDIT_NORM_STATS={mode!r}: choose from {NORM_STATISTICS}")
+    return mode
+
+
+def _mean_var(xf, axis):
+    """Float32 mean and (biased) variance of ``xf`` over ``axis`` (see :func:`norm_statistics`)."""
+    mean = xf.mean(axis=axis, keepdims=True)
+    if _norm_stats_mode() == "one-pass":
+        return mean, jnp.maximum(jnp.square(xf).mean(axis=axis, keepdims=True) - jnp.square(mean), 0.0)
+    return mean, jnp.square(xf - mean).mean(axis=axis, keepdims=True)
+
+
 class GroupNorm(nnx.Module):
     """``torch.nn.GroupNorm`` over the last (channel) axis; statistics in float32."""
 
@@ -90,8 +127,7 @@ class GroupNorm(nnx.Module):
         shape = x.shape
         c = shape[-1]
         xf = x.astype(jnp.float32).reshape(shape[0], -1, self.num_groups, c // self.num_groups)
-        mean = xf.mean(axis=(1, 3), keepdims=True)
-        var = jnp.square(xf - mean).mean(axis=(1, 3), keepdims=True)
+        mean, var = _mean_var(xf, (1, 3))
         xf = ((xf - mean) * jax.lax.rsqrt(var + self.eps)).reshape(shape)
         out = _tuned_norm(self.path, x, xf)
         if out is None:
@@ -110,8 +146,7 @@ class LayerNorm(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         xf = x.astype(jnp.float32)
-        mean = xf.mean(-1, keepdims=True)
-        var = jnp.square(xf - mean).mean(-1, keepdims=True)
+        mean, var = _mean_var(xf, -1)
         xf = (xf - mean) * jax.lax.rsqrt(var + self.eps)
         out = _tuned_norm(self.path, x, xf)
         if out is None:
