@@ -61,3 +61,42 @@ def test_merge_joins_rows_of_one_run_and_refuses_another(report, tmp_path):
     (tmp_path / "c.json").write_text(json.dumps({**b, "steps": 50}))
     with pytest.raises(ValueError, match="another run"):
         merge_results([tmp_path / "a.json", tmp_path / "c.json"])
+
+
+class _CellEditor:
+    """A stand-in VAE: a latent cell is the mean colour of an 8x8 pixel block (+ a constant
+    channel), decoding repeats each cell; enough to check what the composite puts where."""
+
+    batch_frames = 8
+
+    def encode_frames(self, frames):
+        f = np.asarray(frames, np.float32)
+        t, h, w, _ = f.shape
+        cells = f.reshape(t, h // 8, 8, w // 8, 8, 3).mean(axis=(2, 4))
+        return np.concatenate([cells, np.ones(cells.shape[:3] + (1,), np.float32)], axis=-1)
+
+    def decode_latents(self, z):
+        return np.clip(np.repeat(np.repeat(z[..., :3], 8, axis=1), 8, axis=2), 0, 255).round().astype(np.uint8)
+
+
+def test_oracle_in_the_lora_edit_mask_composes_source_and_oracle_by_the_mask():
+    from jaxvedit.diffusion.inpaint import resize_mask_nearest
+    from jaxvedit.world.bench import EDIT_KINDS
+    from jaxvedit.world.bench_rows import lora_edit_oracle
+
+    (spec, edits), = suite_edits(1, 4)
+    src = render(spec)
+    tgts = [render(e.target) for e in edits]
+    ed = _CellEditor()
+    out = lora_edit_oracle(ed, src.frames[None], [src], [tgts], tuple(e.kind for e in edits))
+    assert out.shape == (1, 3) + src.frames.shape and out.dtype == np.uint8
+    assert tuple(e.kind for e in edits) == EDIT_KINDS
+    s_lat = ed.encode_frames(src.frames)
+    for k, (e, tgt) in enumerate(zip(edits, tgts)):
+        t_lat = ed.encode_frames(tgt.frames)
+        keep = lora_edit_keep_mask(src, tgt, e.kind)
+        regen = resize_mask_nearest((~keep).astype(np.float32)[..., None], s_lat.shape[1:3])[..., 0] > 0
+        regen[0] = True  # frame 0: the edited (oracle) frame, whole
+        assert regen[1:].any() and (~regen[1:]).any()
+        want = np.where(regen[..., None], t_lat, s_lat)
+        np.testing.assert_array_equal(out[0, k], ed.decode_latents(want))

@@ -61,12 +61,13 @@ METHODS: dict[str, Method] = {
     "adapter+controlnet": Method(adapter=True, controlnet=True),
 }
 # rows of other edit methods (one video and edit at a time): TokenFlow, LoRA-Edit
-from jaxvedit.world.bench_rows import HOST_ROWS, RowBatch  # noqa: E402
+from jaxvedit.world.bench_rows import HOST_ROWS, RowBatch, lora_edit_oracle  # noqa: E402
 
 # reference rows: the unedited source (the floor), the exact oracle target (the judge's ceiling:
 # an occluded subject's shape cannot always be told) and the oracle through the VAE (the best a
-# latent editor can do)
-REFERENCE_ROWS = ("source (no edit)", "oracle (exact)", "oracle through the VAE")
+# latent editor can do), and the oracle in the lora-edit mask (the best the lora-edit row can do)
+REFERENCE_ROWS = ("source (no edit)", "oracle (exact)", "oracle through the VAE",
+                  "oracle in the lora-edit mask")
 
 #: rows added by other modules: name -> fn(context, sources (N,T,H,W,3) uint8, source_prompts,
 #: target_prompts [N][3]) -> edited (N, 3, T, H, W, 3) uint8
@@ -418,6 +419,8 @@ def run_bench(cfg: BenchConfig) -> dict:
             tg = np.stack([[r.frames for r in rs] for rs in truth_tgt])
             flat = tg.reshape((-1,) + tg.shape[3:])
             edited = ctx.editor.decode_latents(ctx.editor.encode_frames(flat)).reshape(tg.shape)
+        elif name == "oracle in the lora-edit mask":
+            edited = lora_edit_oracle(ctx.editor, sources, truth_src, truth_tgt, EDIT_KINDS)
         else:
             parts = []
             bv = cfg.batch_videos or n_videos

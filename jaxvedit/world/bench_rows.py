@@ -103,6 +103,36 @@ def lora_edit_row(ctx, batch: RowBatch, *, train_steps: int = 100) -> np.ndarray
     return _edit_each(batch, one)
 
 
+def lora_edit_oracle(editor, sources: np.ndarray, source_truth: list, target_truth: list,
+                     kinds: tuple) -> np.ndarray:
+    """The reference row ``oracle in the lora-edit mask``: the best the ``lora-edit`` row can
+    score with its kept region blended back (``--lora-edit-blend``). Per video and edit, the
+    source's latents in the kept latent cells of that row's mask (nearest-resized as the
+    inpainting pipeline resizes it), the oracle target's in the regenerated cells and in all of
+    frame 0 (the edited first frame), decoded with the same VAE. Against ``oracle through the
+    VAE`` it isolates what the mask costs: the dilation band and the border cells, which keep the
+    source where the oracle changed, and the decoder's reach across the mask border.
+    Returns ``(N, 3, T, H, W, 3)`` uint8."""
+    from jaxvedit.diffusion.inpaint import resize_mask_nearest
+
+    n, t = sources.shape[:2]
+    src_lat = editor.encode_frames(sources.reshape((-1,) + sources.shape[2:]))
+    src_lat = src_lat.reshape((n, t) + src_lat.shape[1:])
+    tgt = np.stack([[target_truth[i][k].frames for k in range(len(kinds))] for i in range(n)])
+    tgt_lat = editor.encode_frames(tgt.reshape((-1,) + tgt.shape[3:]))
+    tgt_lat = tgt_lat.reshape(tgt.shape[:3] + tgt_lat.shape[1:])
+    z = np.empty_like(tgt_lat)
+    for i in range(n):
+        for k, kind in enumerate(kinds):
+            keep = lora_edit_keep_mask(source_truth[i], target_truth[i][k], kind)
+            keep[0] = True  # as lora_edit: frame 0 is the edited frame, whole
+            regen = resize_mask_nearest((~keep).astype(np.float32)[..., None], src_lat.shape[2:4])
+            z[i, k] = regen * tgt_lat[i, k] + (1 - regen) * src_lat[i]
+            z[i, k, 0] = tgt_lat[i, k, 0]
+    out = editor.decode_latents(z.reshape((-1,) + z.shape[3:]))
+    return out.reshape(tgt.shape)
+
+
 HOST_ROWS: dict[str, HostRow] = {
     "tokenflow": HostRow(tokenflow_row),
     "tokenflow+latent": HostRow(tokenflow_row, options=(("filter", "latent"),)),
