@@ -10,6 +10,8 @@ Each variant is ``bench/train_step.py --impl jax`` in its own process with one c
   latency-hiding      XLA's latency-hiding scheduler (``--xla_gpu_enable_latency_hiding_scheduler``)
   no-triton-gemm      cuBLAS instead of Triton for XLA's GEMM fusions (``--xla_gpu_enable_triton_gemm=false``)
   xla-attention       XLA's attention instead of cuDNN's flash kernel (what the fused kernel gives)
+  attention-pad-64    heads of dim 40 zero-padded to 64 for cuDNN (``JAXVEDIT_ATTENTION_HEAD_PAD=64``;
+                      the same attention: tests/test_attention_head_pad.py)
 
 The processes of one clip size compile side by side (``--parallel`` at a time: compilation is
 host work, and the H200 machine has 16 cores), then warm up and time one at a time, each with
@@ -49,6 +51,7 @@ VARIANTS: dict[str, tuple[dict, list]] = {
     "latency-hiding": ({"XLA_FLAGS": "--xla_gpu_enable_latency_hiding_scheduler=true"}, []),
     "no-triton-gemm": ({"XLA_FLAGS": "--xla_gpu_enable_triton_gemm=false"}, []),
     "xla-attention": ({}, ["--attention", "xla"]),
+    "attention-pad-64": ({"JAXVEDIT_ATTENTION_HEAD_PAD": "64"}, []),
 }
 
 

@@ -278,6 +278,24 @@ def attention_chunking(max_score_elements: int | None):
         _ATTENTION_CHUNK.reset(token)
 
 
+def _head_pad(d: int) -> int:
+    """Zero dimensions to append to each head so that its width is a multiple of
+    ``JAXVEDIT_ATTENTION_HEAD_PAD`` (unset or 0: none; a speed lever of ``bench/levers.py``:
+    SD1.5's 64x64-latent attentions have head dim 40, which fused kernels may tile poorly).
+    Padded heads stay within fused kernels' 128 limit or are left as they are."""
+    raw = os.environ.get("JAXVEDIT_ATTENTION_HEAD_PAD", "")
+    try:
+        multiple = int(raw or 0)
+    except ValueError:
+        raise ValueError(f"JAXVEDIT_ATTENTION_HEAD_PAD={raw!r}: give a whole number of dimensions") from None
+    if multiple < 0:
+        raise ValueError(f"JAXVEDIT_ATTENTION_HEAD_PAD={raw!r} must be >= 0")
+    if not multiple or d % multiple == 0:
+        return 0
+    padded = -(-d // multiple) * multiple
+    return padded - d if padded <= 128 else 0
+
+
 def attention(q, k, v, heads: int, implementation: str | None = None, *,
               kv_length: int | jax.Array | None = None):
     """Multi-head scaled dot-product attention on ``(B, L, heads*D)`` projections.
@@ -299,8 +317,14 @@ def attention(q, k, v, heads: int, implementation: str | None = None, *,
     if kv_length is not None:
         kwargs["key_value_seq_lengths"] = jnp.broadcast_to(jnp.asarray(kv_length, jnp.int32), (b,))
 
+    pad = _head_pad(d)
+    if pad:  # zero head dimensions: the same scores (scale stays d**-0.5) and outputs, sliced off
+        widths = ((0, 0), (0, 0), (0, 0), (0, pad))
+        q, k, v = (jnp.pad(a, widths) for a in (q, k, v))
+
     def run(qc):
-        return jax.nn.dot_product_attention(qc, k, v, scale=d ** -0.5, implementation=impl, **kwargs)
+        o = jax.nn.dot_product_attention(qc, k, v, scale=d ** -0.5, implementation=impl, **kwargs)
+        return o[..., :d] if pad else o
 
     budget = _ATTENTION_CHUNK.get()
     if impl == "cudnn" or budget is None or b * heads * lq * lk <= budget:
@@ -309,7 +333,7 @@ def attention(q, k, v, heads: int, implementation: str | None = None, *,
         chunk = max(1, budget // (b * heads * lk))
         n = -(-lq // chunk)
         qp = jnp.pad(q, ((0, 0), (0, n * chunk - lq), (0, 0), (0, 0)))
-        qs = qp.reshape(b, n, chunk, heads, d).swapaxes(0, 1)  # (n, B, chunk, heads, D)
+        qs = qp.reshape(b, n, chunk, heads, q.shape[-1]).swapaxes(0, 1)  # (n, B, chunk, heads, D)
         out = jax.lax.map(jax.checkpoint(run), qs).swapaxes(0, 1).reshape(b, n * chunk, heads, d)
         out = out[:, :lq]
     return out.reshape(b, lq, inner)
