@@ -104,3 +104,28 @@ def test_bad_bench_input_is_named():
         BenchConfig(suite="davis")
     with pytest.raises(ValueError, match="unknown row"):
         BenchConfig(rows=("magic",))
+
+
+def test_adapter_tokens_ablation_reaches_the_contexts():
+    """``--adapter-tokens``: all = the SPEC's [T_share; Z_unshare; text], shared = T_share only,
+    none = the text alone (the LoRA acts alone); the editor's own setting comes back after."""
+    from jaxvedit.world.bench import BenchContext
+
+    class FakeEditor:
+        unshared = True
+
+        def contexts(self, frames, prompts, tokens):
+            self.seen = (tokens, self.unshared)
+            return [np.zeros((1, 3, 2)) for _ in prompts]
+
+    frames = np.zeros((4, 8, 8, 3), np.uint8)
+    for mode, want in (("all", (True, True)), ("shared", (True, False)), ("none", (False, True))):
+        ctx = BenchContext.__new__(BenchContext)
+        ctx.cfg, ctx.editor = BenchConfig(suite="world-mini", adapter_tokens=mode), FakeEditor()
+        out = ctx.contexts(frames, ["a", "b"], True)
+        assert ctx.editor.seen == want and ctx.editor.unshared is True
+        assert [c.shape for c in out] == [(4, 3, 2)] * 2
+        ctx.contexts(frames, ["a"], False)  # rows without the adapter: never tokens
+        assert ctx.editor.seen[0] is False
+    with pytest.raises(ValueError, match="adapter_tokens 'half'"):
+        BenchConfig(adapter_tokens="half")

@@ -80,6 +80,9 @@ def register_method(name: str, fn: Callable) -> None:
     EXTERNAL[name] = fn
 
 
+ADAPTER_TOKENS = ("all", "shared", "none")
+
+
 @dataclass(frozen=True)
 class BenchConfig:
     """Edit the world suite with every method and score each edit against its oracle target:
@@ -105,6 +108,10 @@ class BenchConfig:
     lora_edit_steps: int = opt(100, "LoRA-Edit training steps per video and edit (paper: 100)", "model")
     lora_tau: float = opt(0.9, "LoRA timestep gate at inference", "model")
     lora_ratio: float = opt(0.5, "LoRA ratio at inference", "model")
+    adapter_tokens: str = opt("all", "prompt tokens of the adapter rows: all ([T_share; "
+                              "Z_unshare(frame); text], SPEC), shared (T_share only) or none (the "
+                              "LoRA alone, as the authors' published inference script): an "
+                              "ablation", "model")
     batch_videos: int = opt(0, "videos per UNet batch (0: all; the three edits of a video are "
                             "sampled together)", "run")
     workers: int = opt(0, "scoring processes (0: one per CPU core, at most 16)", "run")
@@ -123,6 +130,8 @@ class BenchConfig:
         bad = [r for r in self.rows if r not in known]
         if bad:
             raise ValueError(f"unknown row(s) {bad}; choose from {sorted(known)}")
+        if self.adapter_tokens not in ADAPTER_TOKENS:
+            raise ValueError(f"adapter_tokens {self.adapter_tokens!r}: choose from {ADAPTER_TOKENS}")
         for name in ("videos", "steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
@@ -186,8 +195,15 @@ class BenchContext:
         return self._inpaint_editor
 
     def contexts(self, frames: np.ndarray, prompts: list[str], tokens: bool) -> list[np.ndarray]:
-        """Per prompt, the ``(T, L, D)`` context of each frame of ``frames``."""
-        ctx = self.editor.contexts(frames, prompts, tokens)
+        """Per prompt, the ``(T, L, D)`` context of each frame of ``frames`` (the adapter's
+        prompt tokens as ``--adapter-tokens`` says, when ``tokens``)."""
+        mode = self.cfg.adapter_tokens
+        unshared = self.editor.unshared
+        try:
+            self.editor.unshared = unshared and mode != "shared"
+            ctx = self.editor.contexts(frames, prompts, tokens and mode != "none")
+        finally:
+            self.editor.unshared = unshared
         return [np.broadcast_to(c, (len(frames),) + c.shape[1:]) for c in ctx]
 
 
@@ -464,6 +480,9 @@ def run_bench(cfg: BenchConfig) -> dict:
                          "timing": sec_note,
                          "row_seconds": elapsed, "compile_seconds": compile_s,
                          "score_seconds": score_s, "edits": per_edit}
+        if "adapter" in needs(name):  # the inference settings of the GE adapter rows
+            results[name]["adapter_settings"] = {"lora_tau": cfg.lora_tau, "lora_ratio": cfg.lora_ratio,
+                                                 "adapter_tokens": cfg.adapter_tokens}
         videos[name] = edited
         partial = {"suite": cfg.suite, "complete": False, "videos": n_videos, "frames": frames,
                    "steps": steps, "guidance_scale": cfg.guidance_scale, "rows": results}
