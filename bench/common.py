@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -55,15 +54,21 @@ def datasheet_peak(name: str) -> float | None:
     return None
 
 
-def median_time(fn, *, warmup: int = 3, repeats: int = 10, sync=lambda x: x) -> tuple[float, list]:
-    for _ in range(warmup):
-        sync(fn())
+def time_steps(one, *, warmup: int, repeats: int, inner: int, sync) -> tuple[float, object]:
+    """Seconds per call of ``one(i)`` (a step, ``i`` its PRNG index): ``warmup`` calls, each
+    synced, then ``repeats`` runs of ``inner`` calls dispatched back to back, each run ended by
+    ``sync(last output)``. Returns (the runs' median, upper for an even count; the last output)."""
+    for i in range(warmup):
+        sync(one(i))
     times = []
-    for _ in range(repeats):
+    for r in range(repeats):
         t0 = time.perf_counter()
-        sync(fn())
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), times
+        for i in range(inner):
+            out = one(1000 + r * inner + i)
+        sync(out)
+        times.append((time.perf_counter() - t0) / inner)
+    times.sort()
+    return times[len(times) // 2], out
 
 
 def random_fill(module, seed: int = 0, std: float = 0.02):

@@ -29,7 +29,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
-from common import SD15_UNET, TINY_UNET, print_table, random_fill, write_json  # noqa: E402
+from common import SD15_UNET, TINY_UNET, print_table, random_fill, time_steps, write_json  # noqa: E402
 
 T = 4
 N_SHARE, N_VISION, N_TEXT, D = 18, 50, 77, 768
@@ -104,18 +104,9 @@ def run_jax(args):
         loss, _ = state.step(step, batch, jax.random.fold_in(key, i))
         return loss
 
-    for i in range(args.warmup):
-        jax.block_until_ready(one(i))
-    times = []
-    for r in range(args.repeats):
-        t0 = time.perf_counter()
-        for i in range(args.inner):
-            loss = one(1000 + r * args.inner + i)
-        jax.block_until_ready(loss)
-        jax.block_until_ready(state.params)
-        times.append((time.perf_counter() - t0) / args.inner)
-    times.sort()
-    ms = 1e3 * times[len(times) // 2]
+    secs, loss = time_steps(one, warmup=args.warmup, repeats=args.repeats, inner=args.inner,
+                            sync=lambda out: jax.block_until_ready((out, state.params)))
+    ms = 1e3 * secs
     dev = jax.devices()[0]
     peak = (dev.memory_stats() or {}).get("peak_bytes_in_use", 0)
     return {"impl": "jax", "ms_per_step": ms, "frames_per_s": b * T / (ms / 1e3), "clips": b,

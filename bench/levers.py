@@ -144,8 +144,8 @@ def main(argv=None) -> int:
             rows += got
     title = (f"Training-step levers, {'tiny UNet (smoke test)' if args.tiny else 'SD1.5 UNet, bf16'}, "
              f"T=4 frames a clip, {device_name()}")
-    print_table(title, rows, ["variant", "clips", "batch", "ms_per_step", "speedup_vs_baseline", "peak_mem_gib",
-                              "compile_s", "mfu_datasheet", "error"])
+    print_table(title, rows, ["variant", "clips", "batch", "ms_per_step", "speedup_vs_baseline",
+                              "peak_mem_gib", "compile_s", "mfu_datasheet", "error"])
     out = write_json("levers_tiny" if args.tiny else "levers",
                      {"title": title, "rows": rows, "settings": vars(args)})
     print(f"wrote {out}")

@@ -27,7 +27,8 @@ from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import SD15_UNET, TINY_UNET, datasheet_peak, device_name, random_fill, timing_gate  # noqa: E402
+from common import (SD15_UNET, TINY_UNET, datasheet_peak, device_name, random_fill,  # noqa: E402
+                    time_steps, timing_gate)
 
 T = 4
 N_SHARE, N_VISION, N_TEXT, D = 18, 50, 77, 768
@@ -117,20 +118,11 @@ def run_jax(args):
         if ref.is_file() and b == json.loads(ref.read_text())["clips"]:
             flops = float(json.loads(ref.read_text())["xla_flops_per_step"]) * len(devices)
 
-    times = []
     with timing_gate():  # bench/levers.py: compiled side by side, warmed up and timed alone
-        for i in range(args.warmup):
-            jax.block_until_ready(one(i))
-        for r in range(args.repeats):
-            t0 = time.perf_counter()
-            for i in range(args.inner):
-                loss = one(1000 + r * args.inner + i)
-            jax.block_until_ready(loss)
-            jax.block_until_ready(state.params)
-            times.append((time.perf_counter() - t0) / args.inner)
+        secs, loss = time_steps(one, warmup=args.warmup, repeats=args.repeats, inner=args.inner,
+                                sync=lambda out: jax.block_until_ready((out, state.params)))
         peak = max((d.memory_stats() or {}).get("peak_bytes_in_use", 0) for d in devices)
-    times.sort()
-    ms = 1e3 * times[len(times) // 2]
+    ms = 1e3 * secs
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
     out = {"impl": "jax" + (f" x{len(devices)}" if len(devices) > 1 else ""), "ms_per_step": ms,
            "frames_per_s": b * T / (ms / 1e3), "clips": b, "devices": len(devices),
