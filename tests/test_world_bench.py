@@ -108,14 +108,12 @@ def test_bad_bench_input_is_named():
 
 def test_adapter_tokens_ablation_reaches_the_contexts():
     """``--adapter-tokens``: all = the SPEC's [T_share; Z_unshare; text], shared = T_share only,
-    none = the text alone (the LoRA acts alone); the editor's own setting comes back after."""
+    none = the text alone (the LoRA acts alone)."""
     from jaxvedit.world.bench import BenchContext
 
     class FakeEditor:
-        unshared = True
-
-        def contexts(self, frames, prompts, tokens):
-            self.seen = (tokens, self.unshared)
+        def contexts(self, frames, prompts, tokens, *, shared_only=False):
+            self.seen = (tokens, not shared_only)
             return [np.zeros((1, 3, 2)) for _ in prompts]
 
     frames = np.zeros((4, 8, 8, 3), np.uint8)
@@ -123,7 +121,7 @@ def test_adapter_tokens_ablation_reaches_the_contexts():
         ctx = BenchContext.__new__(BenchContext)
         ctx.cfg, ctx.editor = BenchConfig(suite="world-mini", adapter_tokens=mode), FakeEditor()
         out = ctx.contexts(frames, ["a", "b"], True)
-        assert ctx.editor.seen == want and ctx.editor.unshared is True
+        assert ctx.editor.seen == want
         assert [c.shape for c in out] == [(4, 3, 2)] * 2
         ctx.contexts(frames, ["a"], False)  # rows without the adapter: never tokens
         assert ctx.editor.seen[0] is False

@@ -229,14 +229,14 @@ class Editor:
         return np.asarray(self._text(ids), np.float32)
 
     def contexts(self, frames: np.ndarray, prompts: list[str], use_tokens: bool,
-                 text_lora_ratio: float | None = None) -> list[np.ndarray]:
+                 text_lora_ratio: float | None = None, *, shared_only: bool = False) -> list[np.ndarray]:
         """One context per prompt: ``(1, L, D)`` text only, or ``(T, P + L, D)`` with the prompt
         tokens ``[T_share; Z_unshare(frame); text]`` (``(1, P + L, D)`` ``[T_share; text]`` for
-        tokens trained without the unshared part)."""
+        tokens trained without the unshared part, or with ``shared_only``: an ablation)."""
         text = self.text_embeddings(prompts, text_lora_ratio)
         if not (use_tokens and self.tokens is not None):
             return [t[None] for t in text]
-        if not self.unshared:
+        if shared_only or not self.unshared:
             prefix = np.asarray(self.tokens.shared.value, np.float32)[None]  # (1, P, D)
         else:
             from jaxvedit.metrics import clip_preprocess

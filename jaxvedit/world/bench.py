@@ -198,12 +198,8 @@ class BenchContext:
         """Per prompt, the ``(T, L, D)`` context of each frame of ``frames`` (the adapter's
         prompt tokens as ``--adapter-tokens`` says, when ``tokens``)."""
         mode = self.cfg.adapter_tokens
-        unshared = self.editor.unshared
-        try:
-            self.editor.unshared = unshared and mode != "shared"
-            ctx = self.editor.contexts(frames, prompts, tokens and mode != "none")
-        finally:
-            self.editor.unshared = unshared
+        ctx = self.editor.contexts(frames, prompts, tokens and mode != "none",
+                                   shared_only=mode == "shared")
         return [np.broadcast_to(c, (len(frames),) + c.shape[1:]) for c in ctx]
 
 
