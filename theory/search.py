@@ -249,6 +249,15 @@ def save_counterexample(claim: Claim, part: Part, rec: SearchRecord) -> Path:
     return p
 
 
+def save_constructed_counterexample(data: dict) -> str:
+    """Write a constructed counterexample (``data`` names its ``claim`` and ``part``) once: an
+    existing file is kept. Returns its path relative to the repository, as the reports cite it."""
+    p = ce_path(data["claim"], data["part"])
+    if not p.exists():
+        p.write_text(json.dumps(data, indent=1) + "\n")
+    return str(p.relative_to(CE_DIR.parent.parent))
+
+
 def replay_counterexample(claim: Claim, part: Part, path: Path | None = None) -> dict:
     """Recompute quantity and bound of a stored counterexample with the current library code."""
     path = path or ce_path(claim.id, part.name)

@@ -457,8 +457,7 @@ def c6_any_C_custom(cfg) -> dict:
     x -> B(x)/sqrt(alpha), whose Lipschitz constant is >= J_ii / sqrt(alpha) at the window
     witness, and J_ii = max_S (1-S) + 2 S log(W(1-S)/S) >= 1/2 + log W -> infinity with the
     window (the hypotheses admit any sigma_s and any neighbourhood)."""
-    from theory.search import CE_DIR
-    import json
+    from theory.search import save_constructed_counterexample
     with jax.enable_x64(True):
         rows = [window_witness_row(r) for r in WINDOW_RADII]
         rows += [window_witness_row(r, measure=False) for r in WINDOW_RADII_CLOSED]
@@ -468,10 +467,7 @@ def c6_any_C_custom(cfg) -> dict:
             "why": "with L_eps = 0 the step's Lipschitz constant is at least the filter's "
                    "Jacobian diagonal at the window witness over sqrt(alpha_t), and that "
                    "diagonal is >= 1/2 + log W, unbounded as the window grows"}
-    p = CE_DIR / "C_6__any_C.json"
-    if not p.exists():
-        p.write_text(json.dumps(data, indent=1) + "\n")
-    return {"verdict": "refuted", "counterexample": "theory/counterexamples/C_6__any_C.json",
+    return {"verdict": "refuted", "counterexample": save_constructed_counterexample(data),
             "window_rows": rows,
             "original": {"text": "C = C(alpha_t, alpha_bar_t, L_eps) (Thm C.6)",
                          "worst_ratio": math.inf, "budget": {"constructed": len(rows)},

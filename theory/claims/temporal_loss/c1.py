@@ -3,7 +3,6 @@
 K_T/m^2 on S_m (with the HVP Lanczos check at larger sizes)."""
 from __future__ import annotations
 
-import json
 import math
 
 import jax
@@ -15,7 +14,7 @@ from theory.claims.temporal_loss.common import (
     _dimF, frame_norms_np, _frames, GRID_M, GRID_m, hess_const, hessian_witness_frames, HYP_LOWER,
     HYP_UPPER, loss, _lower, N, _params, _top_eig_perp, _upper)
 from theory.registry import Statement
-from theory.search import CE_DIR
+from theory.search import save_constructed_counterexample
 
 
 # ================================================================= C.1
@@ -101,11 +100,8 @@ def c1_any_constant_custom(cfg) -> dict:
             "static": {"T": T, "M": M}, "cases": cases, "beaten_at_lambda": beaten,
             "why": "L(lam F) = L(F), so the secant ratio of grad L at (lam F, lam G) is "
                    "lam^-2 times that at (F, G): unbounded on {||F_t|| <= M} as lam -> 0"}
-    p = CE_DIR / "C_1__any_constant.json"
-    if not p.exists():
-        p.write_text(json.dumps(data, indent=1) + "\n")
     r = [c["secant_ratio"] for c in cases]
-    return {"verdict": "refuted", "counterexample": "theory/counterexamples/C_1__any_constant.json",
+    return {"verdict": "refuted", "counterexample": save_constructed_counterexample(data),
             "original": {"text": "grad L_temporal is Lipschitz on {||F_t|| <= M} with some "
                                  "constant (Thm C.1, as stated)",
                          "worst_ratio": math.inf, "budget": {"constructed": len(cases)},

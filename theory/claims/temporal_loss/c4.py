@@ -3,7 +3,6 @@ C.3's constant 16/M, registered as C.3 part 'descent'), the descent step with a 
 square-summable gradients, and the refuted convergence to a local minimum."""
 from __future__ import annotations
 
-import json
 import math
 
 import jax
@@ -16,7 +15,7 @@ from theory.claims.temporal_loss.common import (
     hessian_witness_frames, HYP_LOWER, HYP_UPPER, loss, _lower, N, _params, sims, _top_eig_perp,
     _upper)
 from theory.registry import Statement
-from theory.search import CE_DIR
+from theory.search import save_constructed_counterexample
 
 
 # ================================================================= C.3 => C.4 (descent)
@@ -214,10 +213,7 @@ def c4_limit_custom(cfg) -> dict:
             "why": "the start is a stationary point (every frame parallel to the next, "
                    "similarities alternate +-1) where L attains its global maximum "
                    "4(T-2)/(T-1); GD never moves"}
-    p = CE_DIR / "C_4__limit.json"
-    if not p.exists():
-        p.write_text(json.dumps(data, indent=1) + "\n")
-    out["counterexample"] = "theory/counterexamples/C_4__limit.json"
+    out["counterexample"] = save_constructed_counterexample(data)
     out["original"] = {"text": "GD with eta < 2/L converges to a local minimum (Thm C.4)",
                        "worst_ratio": math.inf, "budget": {"constructed": 2},
                        "evidence": "; ".join(
