@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxvedit.models import groupnorm_kernels as _groupnorm_kernels
 from jaxvedit.models.hooks import emit
 
 
@@ -123,7 +124,15 @@ class GroupNorm(nnx.Module):
         self.scale = nnx.Param(jnp.ones((num_channels,), p.param_dtype))
         self.bias = nnx.Param(jnp.zeros((num_channels,), p.param_dtype))
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, silu: bool = False) -> jax.Array:
+        """``silu=True``: ``jax.nn.silu`` of the output (fused into the norm under
+        ``JAXVEDIT_GROUPNORM=custom-vjp``, :mod:`jaxvedit.models.groupnorm_kernels`; a norm
+        that a DAPE context may tune keeps this plain path)."""
+        if (_groupnorm_kernels.current_implementation() != "xla"
+                and (_NORM_ADAPTER.get() is None or not self.path)):
+            return _groupnorm_kernels.group_norm(
+                x, self.scale.value, self.bias.value, self.num_groups, self.eps, silu,
+                _norm_stats_mode() == "one-pass", jnp.dtype(self.dtype))
         shape = x.shape
         c = shape[-1]
         xf = x.astype(jnp.float32).reshape(shape[0], -1, self.num_groups, c // self.num_groups)
@@ -132,7 +141,8 @@ class GroupNorm(nnx.Module):
         out = _tuned_norm(self.path, x, xf)
         if out is None:
             out = xf * self.scale.value.astype(jnp.float32) + self.bias.value.astype(jnp.float32)
-        return out.astype(self.dtype)
+        out = out.astype(self.dtype)
+        return jax.nn.silu(out) if silu else out
 
 
 class LayerNorm(nnx.Module):
@@ -224,12 +234,12 @@ class ResnetBlock2D(nnx.Module):
                               if in_channels != out_channels else None)
 
     def __call__(self, x, temb=None):
-        h = self.conv1(jax.nn.silu(self.norm1(x)))
+        h = self.conv1(self.norm1(x, silu=True))
         if self.time_emb_proj is not None and temb is not None:
             h = h + self.time_emb_proj(jax.nn.silu(temb))[:, None, None, :]
         # the residual branch before the skip is added: diffusers' ``<path>.conv2`` output (the
         # feature TokenFlow / plug-and-play inject)
-        h = emit(_join(self.path, "conv2") if self.path else "", self.conv2(jax.nn.silu(self.norm2(h))))
+        h = emit(_join(self.path, "conv2") if self.path else "", self.conv2(self.norm2(h, silu=True)))
         if self.conv_shortcut is not None:
             x = self.conv_shortcut(x)
         out = (x + h) / self.output_scale_factor if self.output_scale_factor != 1 else x + h

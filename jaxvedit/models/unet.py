@@ -300,7 +300,7 @@ class UNet2DConditionModel(nnx.Module):
             block_skips, skips = skips[-n:], skips[:-n]
             size = tuple(skips[-1].shape[1:3]) if (forward_size and i < n_up) else None
             x = call_block(block, x, block_skips, emb, context, remat=remat, upsample_size=size)
-        x = self.conv_out(jax.nn.silu(self.conv_norm_out(x)))
+        x = self.conv_out(self.conv_norm_out(x, silu=True))
         return x.astype(jnp.float32)
 
 
