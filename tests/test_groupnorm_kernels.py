@@ -216,3 +216,23 @@ def test_tiny_unet_forward_and_grad_under_custom_vjp(monkeypatch):
     for a, b in zip(flat1, flat0):
         np.testing.assert_allclose(a, b, atol=1e-4 * np.abs(b).max() + 1e-7)
     assert not np.array_equal(dx1, dx0)  # the custom backward really ran
+
+
+def test_bench_tiny_mode(tmp_path, monkeypatch):
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import groupnorm_kernels
+
+    monkeypatch.setenv("OUT", str(tmp_path))
+    monkeypatch.setattr(groupnorm_kernels, "TINY_SHAPES", [(2, 8, 8, 64)])  # one shape: CI time
+    assert groupnorm_kernels.main(["--tiny", "--variants", "xla-two-pass", "custom-vjp", "--warmup", "0",
+                 "--repeats", "1", "--chain", "1"]) == 0
+    rows = json.loads((tmp_path / "groupnorm_kernels_tiny.json").read_text())["rows"]
+    assert [r["variant"] for r in rows] == ["xla-two-pass", "custom-vjp"]
+    for plain, custom in zip(rows[::2], rows[1::2]):
+        assert custom["saved MiB"] < plain["saved MiB"] / 4  # only x (bf16) and per-group stats
+        assert custom["y max err"] < 0.05 and custom["dx max err"] < 0.05
+        assert custom["dgamma rel err"] < 1e-5 and custom["fwd us"] > 0
