@@ -101,17 +101,17 @@ def measure(shape, variant: str, *, groups: int, warmup: int, repeats: int, chai
     with groupnorm_implementation(impl), norm_statistics(stats):
         y = jax.jit(apply)(x, gamma, beta)
         dx, dg, db = jax.jit(grad)(x, gamma, beta)
-        saved = sum(r.size * r.dtype.itemsize for r in jax.tree.leaves(jax.vjp(apply, x, gamma, beta)[1]))
+        saved = sum(r.size * r.dtype.itemsize for r in jax.tree.leaves(jax.vjp(jax.jit(apply), x, gamma, beta)[1]))
         f_fwd, f_bwd = jax.jit(fwd_chain), jax.jit(bwd_chain)
         sync = lambda out: jax.block_until_ready(out)
         t_fwd, _ = time_steps(lambda i: f_fwd(x, gamma, beta), warmup=warmup, repeats=repeats,
                               inner=1, sync=sync)
         t_bwd, _ = time_steps(lambda i: f_bwd(x, gamma, beta), warmup=warmup, repeats=repeats,
                               inner=1, sync=sync)
-    ref = _reference(x, gamma, beta, groups, eps)
-    rdx, rdg, rdb = jax.grad(lambda x, g, b: jnp.sum(_reference(x, g, b, groups, eps)
-                                                      * w.astype(jnp.float32)), argnums=(0, 1, 2))(
-        x.astype(jnp.float32), gamma, beta)
+    ref = jax.jit(_reference, static_argnums=(3, 4))(x, gamma, beta, groups, eps)
+    rdx, rdg, rdb = jax.jit(jax.grad(lambda x, g, b: jnp.sum(_reference(x, g, b, groups, eps)
+                                                              * w.astype(jnp.float32)),
+                                     argnums=(0, 1, 2)))(x.astype(jnp.float32), gamma, beta)
     err = lambda a, b: float(jnp.abs(a.astype(jnp.float32) - b).max())
     rel = lambda a, b: err(a, b) / max(float(jnp.abs(b).max()), 1e-30)
     nbytes = x.size * x.dtype.itemsize
