@@ -17,6 +17,7 @@ lever's environment (the variable names and values are the levers' own):
   pallas-triton           JAXVEDIT_ATTENTION=pallas-triton (attention_kernels.TritonConfig defaults)
   pallas-triton-upstream  + JAXVEDIT_ATTENTION_OPTIONS with upstream's blocks (128 x 128, 32s)
   pallas-triton-64        + all blocks 64
+  pallas-triton-padded    + heads zero-padded to 64 / 128 before the kernel (not its masked loads)
   mosaic                  JAXVEDIT_ATTENTION=mosaic (attention_kernels.MosaicConfig defaults)
   mosaic-64               + all blocks 64
 
@@ -29,7 +30,7 @@ Then forward and forward + backward are timed (jit, ``--warmup`` calls, median o
 ``jax.block_until_ready``). TFLOP/s counts 4 B h Lq Lk D for the forward and 2.5 times that for
 the backward (FlashAttention-2's count), the unpadded head dim.
 
-  python bench/attention_kernels.py                      # GPU: 1 and 4 clips (about 1-2 minutes)
+  python bench/attention_kernels.py                      # GPU: 1 and 4 clips (about 2 minutes)
   python bench/attention_kernels.py --clips 4 --variants cudnn pallas-triton mosaic
   python bench/attention_kernels.py --tiny               # CPU smoke test (Pallas interpret mode)
 
@@ -64,6 +65,8 @@ VARIANTS: dict[str, dict] = {
     "pallas-triton-upstream": {"JAXVEDIT_ATTENTION": "pallas-triton",
                                "JAXVEDIT_ATTENTION_OPTIONS": _TRITON_UPSTREAM},
     "pallas-triton-64": {"JAXVEDIT_ATTENTION": "pallas-triton", "JAXVEDIT_ATTENTION_OPTIONS": _TRITON_64},
+    "pallas-triton-padded": {"JAXVEDIT_ATTENTION": "pallas-triton",
+                             "JAXVEDIT_ATTENTION_OPTIONS": "pad_heads=1"},
     "mosaic": {"JAXVEDIT_ATTENTION": "mosaic"},
     "mosaic-64": {"JAXVEDIT_ATTENTION": "mosaic", "JAXVEDIT_ATTENTION_OPTIONS": _MOSAIC_64},
 }

@@ -46,12 +46,14 @@ def _max_rel(got, want):
     return float(np.abs(got - want).max() / np.abs(want).max())
 
 
-@pytest.mark.parametrize("shape", [(1, 64, 2, 40), (1, 96, 1, 16)])  # SD1.5's 40; L=96 = 3 blocks
-def test_triton_kernel_matches_reference(shape):
+@pytest.mark.parametrize("shape,pad_heads", [((1, 64, 2, 40), False), ((1, 64, 1, 40), True),
+                                             ((1, 96, 1, 16), False)])  # SD1.5's 40; L=96: 3 blocks
+def test_triton_kernel_matches_reference(shape, pad_heads):
     b, lq, h, d = shape
     q, k, v, w = _qkvw(b, lq, lq, h, d)
-    assert ak.why_not("pallas-triton", q.shape, k.shape, jnp.bfloat16, config=INTERPRET) is None
-    got = _out_and_grads(lambda *a: ak.triton_attention(*a, INTERPRET), q, k, v, w)
+    config = ak.dataclasses.replace(INTERPRET, pad_heads=pad_heads)
+    assert ak.why_not("pallas-triton", q.shape, k.shape, jnp.bfloat16, config=config) is None
+    got = _out_and_grads(lambda *a: ak.triton_attention(*a, config), q, k, v, w)
     for name, g, r in zip(("out", "dq", "dk", "dv"), got, _reference(q, k, v, w)):
         assert _max_rel(g, r) < 1e-5, name
 
@@ -115,8 +117,9 @@ def test_chooser_and_env_errors(monkeypatch):
     monkeypatch.setenv("JAXVEDIT_ATTENTION", "triton")
     with pytest.raises(ValueError, match="JAXVEDIT_ATTENTION='triton': choose from"):
         layers.choose_attention_implementation(None, jnp.bfloat16, 40)
-    monkeypatch.setenv("JAXVEDIT_ATTENTION_OPTIONS", "block_q=64, num_warps=8,interpret=1")
-    assert ak.parse_options("pallas-triton") == ak.TritonConfig(block_q=64, num_warps=8, interpret=True)
+    monkeypatch.setenv("JAXVEDIT_ATTENTION_OPTIONS", "block_q=64, num_warps=8,interpret=1,pad_heads=1")
+    assert ak.parse_options("pallas-triton") == ak.TritonConfig(block_q=64, num_warps=8, interpret=True,
+                                                                pad_heads=True)
     for bad, match in [("blockq=64", "name=value with a name"), ("block_q", "name=value"),
                        ("block_q=big", "whole number"), ("block_q=0", "must be >= 1")]:
         with pytest.raises(ValueError, match=match):

@@ -67,6 +67,7 @@ class TritonConfig:
     num_warps: int | None = None  # None: upstream's heuristic (4 for head dim <= 64, else 8)
     num_stages: int = 2  # forward pass only (the backward pass uses 2)
     max_head_dim: int = 128  # largest padded (power-of-two) head dimension taken
+    pad_heads: bool = False  # zero-pad heads to the power of two here instead of masked loads
     interpret: bool = False  # Pallas interpret mode (CPU tests)
 
 
@@ -106,7 +107,7 @@ def parse_options(kernel: str, raw: str | None = None):
             if val not in ("float16", "bfloat16"):
                 raise ValueError(f"JAXVEDIT_ATTENTION_OPTIONS dtype={val!r}: float16 or bfloat16")
             values[key] = val
-        elif key == "interpret":
+        elif key in ("interpret", "pad_heads"):
             values[key] = val.lower() in ("1", "true", "yes")
         elif key in ("num_warps", "compute_wgs_bwd") and val.lower() == "none":
             values[key] = None
@@ -198,8 +199,13 @@ def triton_attention(q, k, v, config: TritonConfig = TritonConfig()):
     except (ImportError, AttributeError, TypeError) as e:
         raise RuntimeError(f"pallas-triton: jax {jax.__version__} lacks the API used here "
                            f"(jax.experimental.pallas.ops.gpu.attention.mha / BlockSizes): {e}") from e
-    return mha(q, k, v, None, sm_scale=q.shape[-1] ** -0.5, causal=False, block_sizes=blocks,
-               num_warps=config.num_warps, num_stages=config.num_stages, interpret=config.interpret)
+    d = q.shape[-1]
+    pad = _next_pow2(d) - d if config.pad_heads else 0
+    if pad:  # zero head dimensions: the same scores (the scale stays d**-0.5) and outputs
+        q, k, v = (jnp.pad(a, ((0, 0), (0, 0), (0, 0), (0, pad))) for a in (q, k, v))
+    out = mha(q, k, v, None, sm_scale=d ** -0.5, causal=False, block_sizes=blocks,
+              num_warps=config.num_warps, num_stages=config.num_stages, interpret=config.interpret)
+    return out[..., :d] if pad else out
 
 
 def _mosaic_kernel():
