@@ -31,6 +31,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxvedit.models import groupnorm_kernels as _groupnorm_kernels
+from jaxvedit.models import attention_kernels
 from jaxvedit.models.hooks import emit
 
 
@@ -40,7 +41,7 @@ class Precision:
 
     dtype: jnp.dtype = jnp.float32  # compute dtype (float32 or bfloat16)
     param_dtype: jnp.dtype = jnp.float32  # parameters stay float32 by default
-    attention_implementation: str | None = None  # None (XLA's choice), "xla" or "cudnn"
+    attention_implementation: str | None = None  # None (default), "xla", "cudnn", "pallas-triton", "mosaic"
 
 
 def _join(prefix: str, name: str) -> str:
@@ -253,14 +254,22 @@ def choose_attention_implementation(requested: str | None, dtype, head_dim: int)
     dimension it supports (a multiple of 8, at most 128), otherwise XLA's (which materialises the
     score matrix: fine on CPU and for short sequences). ``"cudnn"`` asks for cuDNN but falls back
     to XLA for unsupported head dimensions (SD1.5's 1280-channel blocks have 160), ``"xla"``
-    forces XLA. The environment variable ``JAXVEDIT_ATTENTION`` (``xla`` / ``cudnn``) sets the
+    forces XLA. ``"pallas-triton"`` / ``"mosaic"`` (a speed lever): a Pallas kernel of
+    :mod:`jaxvedit.models.attention_kernels`, returned as asked; :func:`attention` falls back to
+    the default choice where the kernel does not take the call. The environment variable
+    ``JAXVEDIT_ATTENTION`` (``xla`` / ``cudnn`` / ``pallas-triton`` / ``mosaic``) sets the
     default for calls that ask for none (for small models with short sequences, such as the
     world models, a fused kernel's fixed cost per call can dominate).
     """
     if requested is None:  # a process-wide default, e.g. JAXVEDIT_ATTENTION=xla for small models
-        requested = {"xla": "xla", "cudnn": "cudnn"}.get(os.environ.get("JAXVEDIT_ATTENTION", ""))
+        requested = os.environ.get("JAXVEDIT_ATTENTION", "") or None
+        if requested not in (None, "xla", "cudnn", *attention_kernels.KERNELS):
+            raise ValueError(f"JAXVEDIT_ATTENTION={requested!r}: choose from "
+                             f"{('xla', 'cudnn', *attention_kernels.KERNELS)} or leave it unset")
     if requested == "xla":
         return "xla"
+    if requested in attention_kernels.KERNELS:
+        return requested
     fused_ok = (jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
                 and head_dim % 8 == 0 and head_dim <= 128 and jax.default_backend() == "gpu")
     if requested == "cudnn":
@@ -323,6 +332,11 @@ def attention(q, k, v, heads: int, implementation: str | None = None, *,
     k = k.reshape(b, lk, heads, d)
     v = v.reshape(b, v.shape[1], heads, d)
     impl = choose_attention_implementation(implementation, q.dtype, d)
+    if impl in attention_kernels.KERNELS:  # a Pallas kernel where it takes the call, else the default
+        out = attention_kernels.fused_attention(impl, q, k, v, kv_length=kv_length)
+        if out is not None:
+            return out.reshape(b, lq, inner)
+        impl = choose_attention_implementation("default", q.dtype, d)
     kwargs = {}
     if kv_length is not None:
         kwargs["key_value_seq_lengths"] = jnp.broadcast_to(jnp.asarray(kv_length, jnp.int32), (b,))
