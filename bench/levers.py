@@ -4,6 +4,8 @@
 Each variant is ``bench/train_step.py --impl jax`` in its own process with one change:
 
   baseline            as it is
+  baseline-repeat     the baseline again, in its own process: the run-to-run spread (a lever
+                      that moves the step by less than this is noise)
   norm-one-pass       GroupNorm / LayerNorm variance as mean(x^2) - mean(x)^2 (one read of x;
                       ``JAXVEDIT_NORM_STATS=one-pass``, ``jaxvedit.models.layers.norm_statistics``)
   no-command-buffers  XLA's CUDA graphs off (``--xla_gpu_enable_command_buffer=``): what they give
@@ -12,6 +14,18 @@ Each variant is ``bench/train_step.py --impl jax`` in its own process with one c
   xla-attention       XLA's attention instead of cuDNN's flash kernel (what the fused kernel gives)
   attention-pad-64    heads of dim 40 zero-padded to 64 for cuDNN (``JAXVEDIT_ATTENTION_HEAD_PAD=64``;
                       the same attention: tests/test_attention_head_pad.py)
+  groupnorm-custom-vjp  GroupNorm + SiLU as one custom VJP saving only bf16 x and the group
+                      statistics (``JAXVEDIT_GROUPNORM=custom-vjp``; ``-one-pass``: with one-pass
+                      statistics; tests/test_groupnorm_kernels.py)
+  attention-triton    Pallas Triton flash attention for the self-attentions it takes
+                      (``JAXVEDIT_ATTENTION=pallas-triton``; tests/test_attention_kernels.py)
+  attention-mosaic    Pallas Mosaic GPU (Hopper) flash attention (``JAXVEDIT_ATTENTION=mosaic``)
+
+``--same-process`` runs the variants that need no XLA flags one after the other in this process
+(each traced and compiled anew, since the switches are read at trace time): no compilation runs
+beside a timing, XLA's in-process autotuning results are reused, so it is cheaper than one
+process each; the peak-memory column is then the process's high-water mark, and ``xla_temp_gib``
+(XLA's memory analysis of each program) is the per-variant figure.
 
 The processes of one clip size compile side by side (``--parallel`` at a time: compilation is
 host work, and the H200 machine has 16 cores), then warm up and time one at a time, each with
@@ -46,12 +60,17 @@ from common import device_name, print_table, write_json  # noqa: E402
 #: name -> (environment changes, extra train_step arguments); "XLA_FLAGS" values are appended
 VARIANTS: dict[str, tuple[dict, list]] = {
     "baseline": ({}, []),
+    "baseline-repeat": ({}, []),
     "norm-one-pass": ({"JAXVEDIT_NORM_STATS": "one-pass"}, []),
     "no-command-buffers": ({"XLA_FLAGS": "--xla_gpu_enable_command_buffer="}, []),
     "latency-hiding": ({"XLA_FLAGS": "--xla_gpu_enable_latency_hiding_scheduler=true"}, []),
     "no-triton-gemm": ({"XLA_FLAGS": "--xla_gpu_enable_triton_gemm=false"}, []),
     "xla-attention": ({}, ["--attention", "xla"]),
     "attention-pad-64": ({"JAXVEDIT_ATTENTION_HEAD_PAD": "64"}, []),
+    "groupnorm-custom-vjp": ({"JAXVEDIT_GROUPNORM": "custom-vjp"}, []),
+    "groupnorm-custom-vjp-one-pass": ({"JAXVEDIT_GROUPNORM": "custom-vjp", "JAXVEDIT_NORM_STATS": "one-pass"}, []),
+    "attention-triton": ({"JAXVEDIT_ATTENTION": "pallas-triton"}, []),
+    "attention-mosaic": ({"JAXVEDIT_ATTENTION": "mosaic"}, []),
 }
 
 
@@ -111,6 +130,46 @@ def run_batch(names: list[str], clips: int, args) -> list[dict]:
     return rows
 
 
+def run_same_process(names: list[str], clips: int, args) -> list[dict]:
+    """The variants ``names`` one after the other in this process (see the module docstring)."""
+    import gc
+
+    import train_step
+    saved = dict(os.environ)
+    rows = []
+    for name in names:
+        changes, extra = VARIANTS[name]
+        row = {"variant": name, "clips": clips}
+        if "XLA_FLAGS" in changes:
+            rows.append({**row, "error": "XLA flags need a process of their own (run without --same-process)"})
+            continue
+        os.environ.update(changes)
+        targs = train_step.parse_args(["--impl", "jax", "--clips-per-device", str(clips), "--warmup",
+                                       str(args.warmup), "--repeats", str(args.repeats), "--inner",
+                                       str(args.inner), *(["--tiny"] if args.tiny else []),
+                                       *(["--latent", str(args.latent)] if args.latent else []), *extra])
+        t0 = time.perf_counter()
+        try:
+            r = train_step.run_jax(targs)
+            row.update(ms_per_step=r["ms_per_step"], peak_mem_gib=r["peak_mem_gib"],
+                       xla_temp_gib=r.get("xla_temp_gib"), compile_s=r["compile_s"],
+                       mfu_datasheet=r.get("mfu_datasheet"), loss=r["loss"])
+        except Exception as e:  # a lever that fails is a row, not the end of the run
+            row["error"] = f"{type(e).__name__}: {str(e)[:400]}"
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+            gc.collect()
+        print(f"{name} at {clips} clip(s): {time.perf_counter() - t0:.0f} s "
+              f"{row.get('ms_per_step', row.get('error'))}", file=sys.stderr, flush=True)
+        rows.append(row)
+    base = next((r for r in rows if r["variant"] == "baseline" and "ms_per_step" in r), None)
+    for r in rows:
+        if base and "ms_per_step" in r:
+            r["speedup_vs_baseline"] = base["ms_per_step"] / r["ms_per_step"]
+    return rows
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
@@ -123,6 +182,8 @@ def main(argv=None) -> int:
     ap.add_argument("--latent", type=int, default=None, help="latent side (default: train_step's)")
     ap.add_argument("--timeout", type=float, default=400, help="seconds per batch of processes")
     ap.add_argument("--tiny", action="store_true", help="tiny UNet on CPU (smoke test)")
+    ap.add_argument("--same-process", action="store_true",
+                    help="variants one after the other in this process (no XLA-flag variants)")
     args = ap.parse_args(argv)
     if args.parallel < 1:
         ap.error("--parallel must be >= 1")
@@ -131,6 +192,9 @@ def main(argv=None) -> int:
         names.insert(0, "baseline")  # every ratio is against the baseline of the same call
     rows = []
     for clips in args.clips:
+        if args.same_process:
+            rows += run_same_process(names, clips, args)
+            continue
         for i in range(0, len(names), args.parallel):
             batch = names[i:i + args.parallel]
             if "baseline" not in batch:
@@ -145,7 +209,7 @@ def main(argv=None) -> int:
     title = (f"Training-step levers, {'tiny UNet (smoke test)' if args.tiny else 'SD1.5 UNet, bf16'}, "
              f"T=4 frames a clip, {device_name()}")
     print_table(title, rows, ["variant", "clips", "batch", "ms_per_step", "speedup_vs_baseline",
-                              "peak_mem_gib", "compile_s", "mfu_datasheet", "error"])
+                              "peak_mem_gib", "xla_temp_gib", "compile_s", "mfu_datasheet", "error"])
     out = write_json("levers_tiny" if args.tiny else "levers",
                      {"title": title, "rows": rows, "settings": vars(args)})
     print(f"wrote {out}")

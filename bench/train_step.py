@@ -110,8 +110,10 @@ def run_jax(args):
                                                                    batch, key),
                 "backend": jax.default_backend(), "clips": b}
     t0 = time.perf_counter()
-    step.lower(state.params, state.frozen, state.opt_state, batch, key).compile()
+    compiled = step.lower(state.params, state.frozen, state.opt_state, batch, key).compile()
     compile_s = time.perf_counter() - t0
+    mem = compiled.memory_analysis()  # XLA's own figure: per program, also in a shared process
+    temp_gib = getattr(mem, "temp_size_in_bytes", 0) / 2**30 if mem is not None else None
     flops = _count_flops(make_adapter_train_step, loss_fn, state, batch, key)
     if not flops:  # the GPU backend's cost analysis may give none: use the CPU count (same program)
         ref = Path(__file__).resolve().parent / "flops_train_step.json"
@@ -127,6 +129,7 @@ def run_jax(args):
     out = {"impl": "jax" + (f" x{len(devices)}" if len(devices) > 1 else ""), "ms_per_step": ms,
            "frames_per_s": b * T / (ms / 1e3), "clips": b, "devices": len(devices),
            "peak_mem_gib": peak / 2**30, "compile_s": compile_s, "xla_flops_per_step": flops,
+           "xla_temp_gib": temp_gib,
            "loss": float(loss), "trainable_params": int(n_params), "attention": args.attention}
     # XLA's cost analysis of the SPMD program counts the per-device work
     peak_tf = datasheet_peak(device_name())
@@ -238,7 +241,7 @@ def run_torch(args, compile_mode: bool):
             "warmup_s": warm_s, "loss": float(loss), "trainable_params": int(sum(p.numel() for p in params))}
 
 
-def main():
+def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--impl", choices=["jax", "torch-eager", "torch-compile"], default="jax")
     ap.add_argument("--devices", type=int, default=1, help="GPUs for data parallelism (jax)")
@@ -254,7 +257,11 @@ def main():
     ap.add_argument("--flops-only", action="store_true",
                     help="print XLA's FLOP count of the step (lowering only; run on CPU to make "
                          "bench/flops_train_step.json)")
-    args = ap.parse_args()
+    return ap.parse_args(argv)
+
+
+def main():
+    args = parse_args()
     res = run_jax(args) if args.impl == "jax" else run_torch(args, args.impl == "torch-compile")
     print("RESULT " + json.dumps(res), flush=True)
 
