@@ -163,6 +163,9 @@ def run_same_process(names: list[str], clips: int, args) -> list[dict]:
         print(f"{name} at {clips} clip(s): {time.perf_counter() - t0:.0f} s "
               f"{row.get('ms_per_step', row.get('error'))}", file=sys.stderr, flush=True)
         rows.append(row)
+        # every finished row on disk at once: a call cut short keeps what it measured
+        write_json("levers_partial_tiny" if args.tiny else "levers_partial",
+                   {"rows": rows, "settings": vars(args), "complete": False})
     base = next((r for r in rows if r["variant"] == "baseline" and "ms_per_step" in r), None)
     for r in rows:
         if base and "ms_per_step" in r:
