@@ -117,8 +117,9 @@ def run_jax(args):
     flops = _count_flops(make_adapter_train_step, loss_fn, state, batch, key)
     if not flops:  # the GPU backend's cost analysis may give none: use the CPU count (same program)
         ref = Path(__file__).resolve().parent / "flops_train_step.json"
-        if ref.is_file() and b == json.loads(ref.read_text())["clips"]:
-            flops = float(json.loads(ref.read_text())["xla_flops_per_step"]) * len(devices)
+        if ref.is_file():  # per device; linear in the clips (per-frame work on the batch axis)
+            counted = json.loads(ref.read_text())
+            flops = float(counted["xla_flops_per_step"]) * args.clips_per_device / counted["clips"]
 
     with timing_gate():  # bench/levers.py: compiled side by side, warmed up and timed alone
         secs, loss = time_steps(one, warmup=args.warmup, repeats=args.repeats, inner=args.inner,

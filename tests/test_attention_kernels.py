@@ -94,7 +94,8 @@ def test_applicability_rules():
     assert "multiple of block_kv" in ak.why_not("mosaic", *sd_cross, bf16, config=ak.MosaicConfig(), **gpu)
     self160 = (4, 256, 8, 160)
     assert "head dim 160" in ak.why_not("pallas-triton", self160, self160, bf16, config=tri, **gpu)
-    assert ak.why_not("mosaic", self160, self160, bf16, config=ak.MosaicConfig(), **gpu) is None  # 192
+    assert "padded to 192" in ak.why_not("mosaic", self160, self160, bf16, config=ak.MosaicConfig(), **gpu)
+    assert ak.why_not("mosaic", self160, self160, bf16, config=ak.MosaicConfig(max_head_dim=256), **gpu) is None
     assert "backward" in ak.why_not("pallas-triton", (1, 256, 8, 40), (1, 512, 8, 40), bf16, config=tri,
                                     **gpu)
     s = (4, 4096, 8, 40)
