@@ -5,6 +5,12 @@ filter (radius 2, sigma_spatial 1, sigma_range 0.1), full SD1.5 UNet (random wei
   torch: diffusers' DDIMInverseScheduler loop with a PyTorch bilateral filter (same definition:
          square window, replicate padding, per-channel range weights), SDPA attention, bf16.
 
+``--guidance G`` (G != 1) adds classifier-free guidance, the edit's real path: each step runs the
+UNet on the unconditional (zero) and the conditional context, ``eps_u + G (eps_c - eps_u)``
+(ours: ``ddim_invert(..., guidance_scale=G, uncond_context=...)``; torch: the two contexts in one
+batch of 2 x frames, as diffusers' pipelines do). ``--compile``: the PyTorch UNet under
+``torch.compile``.
+
 Prints one JSON line per implementation.
 """
 
@@ -43,7 +49,9 @@ def run_jax(args):
     ctx = jnp.asarray(rng.standard_normal((args.frames, 77, 768), np.float32))
     filt = BilateralFilterConfig(mode="latent", radius=RADIUS, sigma_spatial=SIGMA_S, sigma_range=SIGMA_R)
     sched = NoiseSchedule.sd15()
-    run = lambda x: ddim_invert(unet, x, ctx, sched, num_inference_steps=args.steps, filter=filt)
+    uctx = jnp.zeros_like(ctx) if args.guidance != 1.0 else None
+    run = lambda x: ddim_invert(unet, x, ctx, sched, num_inference_steps=args.steps, filter=filt,
+                                guidance_scale=args.guidance, uncond_context=uctx)
     t0 = time.perf_counter()
     jax.block_until_ready(run(lat))
     first_s = time.perf_counter() - t0
@@ -56,7 +64,8 @@ def run_jax(args):
     times.sort()
     peak = (jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use", 0)
     return {"impl": "jax", "s_per_inversion": times[len(times) // 2], "first_call_s": first_s,
-            "frames": args.frames, "steps": args.steps, "peak_mem_gib": peak / 2**30}
+            "frames": args.frames, "steps": args.steps, "guidance": args.guidance,
+            "peak_mem_gib": peak / 2**30}
 
 
 def run_torch(args):
@@ -75,12 +84,20 @@ def run_torch(args):
     g = torch.Generator().manual_seed(0)
     lat = torch.randn(args.frames, 4, args.latent, args.latent, generator=g).to(dev)
     ctx = torch.randn(args.frames, 77, 768, generator=g).to(dev, torch.bfloat16)
+    cfg_on = args.guidance != 1.0
+    both = torch.cat([torch.zeros_like(ctx), ctx]) if cfg_on else ctx  # (uncond, cond)
+
+    def eps_of(x, t):
+        if not cfg_on:
+            return unet(x.to(torch.bfloat16), t, ctx).sample.float()
+        eu, ec = unet(torch.cat([x, x]).to(torch.bfloat16), t, both).sample.float().chunk(2)
+        return eu + args.guidance * (ec - eu)
 
     @torch.inference_mode()
     def invert(x):
         for t in sched.timesteps:
             x = torch_bilateral(x, RADIUS, SIGMA_S, SIGMA_R)
-            eps = unet(x.to(torch.bfloat16), t, ctx).sample.float()
+            eps = eps_of(x, t)
             x = sched.step(eps, t, x).prev_sample
         return x
 
@@ -99,7 +116,8 @@ def run_torch(args):
     peak = torch.cuda.max_memory_allocated() if dev == "cuda" else 0
     return {"impl": "torch-compile" if args.compile else "torch-eager",
             "s_per_inversion": times[len(times) // 2], "first_call_s": first_s,
-            "frames": args.frames, "steps": args.steps, "peak_mem_gib": peak / 2**30}
+            "frames": args.frames, "steps": args.steps, "guidance": args.guidance,
+            "peak_mem_gib": peak / 2**30}
 
 
 def main():
@@ -111,6 +129,8 @@ def main():
     ap.add_argument("--steps", type=int, default=STEPS)
     ap.add_argument("--attention", default="auto")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--guidance", type=float, default=1.0,
+                    help="classifier-free guidance scale (1: none; 7.5: the edit's path)")
     ap.add_argument("--tiny", action="store_true", help="tiny UNet (CPU smoke test)")
     args = ap.parse_args()
     res = run_jax(args) if args.impl == "jax" else run_torch(args)

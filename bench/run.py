@@ -46,6 +46,8 @@ def main():
     ap.add_argument("which", nargs="+", choices=["train", "inversion", "bilateral", "scaling"])
     ap.add_argument("--devices", type=int, default=2)
     ap.add_argument("--timeout", type=int, default=420)
+    ap.add_argument("--inversion-compile", action="store_true",
+                    help="inversion: also a torch.compile'd PyTorch UNet loop")
     ap.add_argument("--extra", default="", help="extra arguments for every script, one string "
                     "(e.g. --extra='--tiny --latent 16' for a CPU smoke run)")
     args = ap.parse_args()
@@ -70,13 +72,16 @@ def main():
             inv = str(HERE / "inversion.py")
             rows = run([inv, "--impl", "jax", *args.extra], args.timeout)
             rows += run([inv, "--impl", "torch", *args.extra], args.timeout)
+            if args.inversion_compile:
+                rows += run([inv, "--impl", "torch", "--compile", *args.extra], args.timeout)
             base = {r["impl"]: r for r in rows if "s_per_inversion" in r}
             for r in rows:
-                if "s_per_inversion" in r and "torch-eager" in base:
-                    r["speedup_vs_torch-eager"] = base["torch-eager"]["s_per_inversion"] / r["s_per_inversion"]
+                for ref in ("torch-eager", "torch-compile"):
+                    if "s_per_inversion" in r and ref in base:
+                        r[f"speedup_vs_{ref}"] = base[ref]["s_per_inversion"] / r["s_per_inversion"]
             print_table("50-step DDIM inversion, 16 frames, 64x64 latents, latent bilateral filter, bf16",
-                        rows, ["impl", "s_per_inversion", "first_call_s", "peak_mem_gib",
-                               "speedup_vs_torch-eager", "error"])
+                        rows, ["impl", "guidance", "s_per_inversion", "first_call_s", "peak_mem_gib",
+                               "speedup_vs_torch-eager", "speedup_vs_torch-compile", "error"])
             write_json("inversion", {"rows": rows})
         elif which == "bilateral":
             rows = run([str(HERE / "bilateral.py")], args.timeout)
