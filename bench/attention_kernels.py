@@ -46,6 +46,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -91,19 +92,11 @@ def lever_env(name: str, tiny: bool):
     if tiny and env.get("JAXVEDIT_ATTENTION") == "pallas-triton":  # Triton on CPU: interpret mode
         env["JAXVEDIT_ATTENTION_OPTIONS"] = ",".join(
             filter(None, [env.get("JAXVEDIT_ATTENTION_OPTIONS", ""), "interpret=1"]))
-    saved = {k: os.environ.get(k) for k in _ENV_KEYS}
-    for k in _ENV_KEYS:
-        os.environ.pop(k, None)
-    os.environ.update(env)
-    try:
+    with mock.patch.dict(os.environ):  # the whole environment restored afterwards
+        for k in _ENV_KEYS:
+            os.environ.pop(k, None)
+        os.environ.update(env)
         yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
 
 def not_taken(name: str, b: int, lq: int, lk: int, h: int, d: int) -> str | None:
     """Why the variant would not run its kernel on this shape (inside its environment)."""

@@ -52,6 +52,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -135,7 +136,6 @@ def run_same_process(names: list[str], clips: int, args) -> list[dict]:
     import gc
 
     import train_step
-    saved = dict(os.environ)
     rows = []
     for name in names:
         changes, extra = VARIANTS[name]
@@ -143,22 +143,20 @@ def run_same_process(names: list[str], clips: int, args) -> list[dict]:
         if "XLA_FLAGS" in changes:
             rows.append({**row, "error": "XLA flags need a process of their own (run without --same-process)"})
             continue
-        os.environ.update(changes)
         targs = train_step.parse_args(["--impl", "jax", "--clips-per-device", str(clips), "--warmup",
                                        str(args.warmup), "--repeats", str(args.repeats), "--inner",
                                        str(args.inner), *(["--tiny"] if args.tiny else []),
                                        *(["--latent", str(args.latent)] if args.latent else []), *extra])
         t0 = time.perf_counter()
         try:
-            r = train_step.run_jax(targs)
+            with mock.patch.dict(os.environ, changes):  # the environment restored afterwards
+                r = train_step.run_jax(targs)
             row.update(ms_per_step=r["ms_per_step"], peak_mem_gib=r["peak_mem_gib"],
                        xla_temp_gib=r.get("xla_temp_gib"), compile_s=r["compile_s"],
                        mfu_datasheet=r.get("mfu_datasheet"), loss=r["loss"])
         except Exception as e:  # a lever that fails is a row, not the end of the run
             row["error"] = f"{type(e).__name__}: {str(e)[:400]}"
         finally:
-            os.environ.clear()
-            os.environ.update(saved)
             gc.collect()
         print(f"{name} at {clips} clip(s): {time.perf_counter() - t0:.0f} s "
               f"{row.get('ms_per_step', row.get('error'))}", file=sys.stderr, flush=True)

@@ -1,6 +1,8 @@
 """bench/levers.py's plumbing: the variants' environments and the timing gate that lets the
 variants compile side by side and time one at a time (the GPU figures come from the script)."""
 
+import json
+import os
 import sys
 import threading
 import time
@@ -60,3 +62,36 @@ def test_bad_arguments_are_named(capsys):
     with pytest.raises(SystemExit):
         main(["--parallel", "0"])
     assert "--parallel must be >= 1" in capsys.readouterr().err
+
+
+def test_same_process_sets_each_variants_environment_and_restores_it(tmp_path, monkeypatch):
+    """``--same-process``: each variant's trace-time switches are in the environment while its step
+    is built and timed (train_step.run_jax, replaced here by a recorder), and only then; XLA-flag
+    variants and failures become rows; each finished row is on disk at once."""
+    import train_step
+
+    monkeypatch.setenv("OUT", str(tmp_path))
+    monkeypatch.delenv("JAXVEDIT_GROUPNORM", raising=False)
+    monkeypatch.delenv("JAXVEDIT_ATTENTION", raising=False)
+    seen = []
+
+    def fake_run_jax(args):
+        seen.append((os.environ.get("JAXVEDIT_GROUPNORM"), os.environ.get("JAXVEDIT_ATTENTION"),
+                     args.clips_per_device))
+        if os.environ.get("JAXVEDIT_ATTENTION") == "mosaic":
+            raise ValueError("Mosaic GPU kernel exceeds available shared memory")
+        return {"ms_per_step": 10.0 if not seen[-1][0] else 8.0, "peak_mem_gib": 1.0, "compile_s": 1.0,
+                "loss": 0.5, "xla_temp_gib": 0.5}
+
+    monkeypatch.setattr(train_step, "run_jax", fake_run_jax)
+    rc = main(["--same-process", "--clips", "2", "--variants", "baseline", "groupnorm-custom-vjp",
+               "no-triton-gemm", "attention-mosaic"])
+    assert rc == 1  # rows with errors
+    assert seen == [(None, None, 2), ("custom-vjp", None, 2), (None, "mosaic", 2)]
+    assert "JAXVEDIT_GROUPNORM" not in os.environ and "JAXVEDIT_ATTENTION" not in os.environ
+    rows = {r["variant"]: r for r in json.loads((tmp_path / "levers.json").read_text())["rows"]}
+    assert rows["groupnorm-custom-vjp"]["speedup_vs_baseline"] == pytest.approx(10.0 / 8.0)
+    assert "own" in rows["no-triton-gemm"]["error"] and "shared memory" in rows["attention-mosaic"]["error"]
+    partial = json.loads((tmp_path / "levers_partial.json").read_text())
+    assert [r["variant"] for r in partial["rows"]] == ["baseline", "groupnorm-custom-vjp", "no-triton-gemm",
+                                                      "attention-mosaic"]

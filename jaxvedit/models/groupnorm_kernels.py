@@ -29,38 +29,27 @@ and gradients against a float64 NumPy transcription and against the plain path.
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import functools
-import os
 
 import jax
 import jax.numpy as jnp
 
+from jaxvedit.models.trace_choice import TraceChoice
+
 GROUPNORM_IMPLEMENTATIONS = ("xla", "custom-vjp")
-_GROUPNORM: contextvars.ContextVar = contextvars.ContextVar("jaxvedit_groupnorm", default=None)
+_GROUPNORM = TraceChoice("GroupNorm implementation", "JAXVEDIT_GROUPNORM", GROUPNORM_IMPLEMENTATIONS, "xla")
 
 
-@contextlib.contextmanager
 def groupnorm_implementation(mode: str | None):
     """GroupNorm's implementation in the forward passes *traced* inside this context: ``"xla"``
     (``layers.GroupNorm``'s plain code) or ``"custom-vjp"`` (:func:`group_norm`). ``None``: the
     process default, ``JAXVEDIT_GROUPNORM`` or ``"xla"``."""
-    if mode is not None and mode not in GROUPNORM_IMPLEMENTATIONS:
-        raise ValueError(f"GroupNorm implementation {mode!r}: choose from {GROUPNORM_IMPLEMENTATIONS}")
-    token = _GROUPNORM.set(mode)
-    try:
-        yield
-    finally:
-        _GROUPNORM.reset(token)
+    return _GROUPNORM.use(mode)
 
 
 def current_implementation() -> str:
     """The implementation in force (context, then ``JAXVEDIT_GROUPNORM``, then ``"xla"``)."""
-    mode = _GROUPNORM.get() or os.environ.get("JAXVEDIT_GROUPNORM") or "xla"
-    if mode not in GROUPNORM_IMPLEMENTATIONS:
-        raise ValueError(f"JAXVEDIT_GROUPNORM={mode!r}: choose from {GROUPNORM_IMPLEMENTATIONS}")
-    return mode
+    return _GROUPNORM.get()
 
 
 def _grouped(x, groups: int):

@@ -33,6 +33,7 @@ from flax import nnx
 from jaxvedit.models import groupnorm_kernels as _groupnorm_kernels
 from jaxvedit.models import attention_kernels
 from jaxvedit.models.hooks import emit
+from jaxvedit.models.trace_choice import TraceChoice
 
 
 @dataclass(frozen=True)
@@ -78,32 +79,21 @@ def _tuned_norm(path: str, x, normalized):
 
 
 NORM_STATISTICS = ("two-pass", "one-pass")
-_NORM_STATS: contextvars.ContextVar = contextvars.ContextVar("jaxvedit_norm_stats", default=None)
+_NORM_STATS = TraceChoice("norm statistics", "JAXVEDIT_NORM_STATS", NORM_STATISTICS, "two-pass")
 
 
-@contextlib.contextmanager
 def norm_statistics(mode: str | None):
     """How GroupNorm / LayerNorm compute the variance in the forward passes *traced* inside this
     context (read while tracing, like :func:`attention_chunking`), both in float32:
     ``"two-pass"`` (the default) ``mean((x - mean(x))**2)``, as stable as PyTorch's Welford
     kernels; ``"one-pass"`` ``mean(x**2) - mean(x)**2`` (clamped at 0), which lets XLA compute
     both statistics in one read of ``x`` (a speed lever, issue 15: measured by
-    ``bench/levers.py``), at the cost of cancellation when ``|mean| >> std``. ``None``: the
-    process default, ``JAXVEDIT_NORM_STATS`` or ``"two-pass"``."""
-    if mode is not None and mode not in NORM_STATISTICS:
-        raise ValueError(f"norm statistics {mode!r}: choose from {NORM_STATISTICS}")
-    token = _NORM_STATS.set(mode)
-    try:
-        yield
-    finally:
-        _NORM_STATS.reset(token)
+    ``bench/levers.py``, bench/RESULTS.md §10), at the cost of cancellation when
+    ``|mean| >> std``. ``None``: the process default, ``JAXVEDIT_NORM_STATS`` or ``"two-pass"``."""
+    return _NORM_STATS.use(mode)
 
 
-def _norm_stats_mode() -> str:
-    mode = _NORM_STATS.get() or os.environ.get("JAXVEDIT_NORM_STATS") or "two-pass"
-    if mode not in NORM_STATISTICS:
-        raise ValueError(f"JAXVEDIT_NORM_STATS={mode!r}: choose from {NORM_STATISTICS}")
-    return mode
+_norm_stats_mode = _NORM_STATS.get
 
 
 def _mean_var(xf, axis):

@@ -292,18 +292,12 @@ def score_all(edited: np.ndarray, suite, workers: int) -> list[list[dict]]:
         flat = [score_job(j) for j in jobs]
     else:
         import os
+        from unittest import mock
 
-        saved = {k: os.environ.get(k) for k in ("JAX_PLATFORMS", "CUDA_VISIBLE_DEVICES")}
-        os.environ.update(JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="")  # children: CPU only
-        try:
+        # children: CPU only (the environment is restored afterwards)
+        with mock.patch.dict(os.environ, JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES=""):
             with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
                 flat = list(pool.map(score_job, jobs, chunksize=max(1, len(jobs) // (4 * workers))))
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
     return [flat[i * 3:(i + 1) * 3] for i in range(len(suite))]
 
 
