@@ -195,7 +195,7 @@ def test_profile_step_tiny_end_to_end(tmp_path):
     assert (train["what"], train["frames"], train["timed_steps"]) == ("train", 4, 2)
     assert (inv["what"], inv["frames"], inv["timed_steps"]) == ("inversion", 4, 2)  # one call of 2 steps
     for r in (train, inv):
-        assert r["source"] == "host-xla-ops" and r["kernels"] > 50 and 0 < r["busy_ms"] <= r["kernel_ms"]
+        assert r["source"] == "host-xla-ops" and r["kernels"] > 50 and 0 < r["busy_ms"] <= r["kernel_ms"] + 1e-9
         # the ops of the traced steps lie inside the traced wall time (no host spans summed in)
         assert r["busy_ms"] <= 1.05 * r["wall_ms_traced"]
         assert sum(k["share"] for k in r["kinds"]) == pytest.approx(1.0)
