@@ -223,7 +223,29 @@ def _attention_only(sd):
     return {k: v for k, v in sd.items() if re.search(r"\.(to_[qkv]|to_out\.0|[qkv]_proj|out_proj)\.lora_", k)}
 
 
-def test_training_script_layout(s):
+@pytest.fixture(scope="module")
+def script(s):
+    """The file of diffusers' LoRA training scripts (``test_training_script_layout`` checks it),
+    its two state dicts renamed by ``convert_state_dict_to_diffusers``, and our outputs with it
+    imported: the older layouts below are derived from it and must give the same outputs. A
+    fixture, so that each test gets it whatever order (or worker) the tests run in."""
+    from types import SimpleNamespace
+
+    from diffusers.utils import convert_state_dict_to_diffusers
+
+    file = s.root / "script" / "pytorch_lora_weights.safetensors"
+    unet_sd = convert_state_dict_to_diffusers(_attention_only(s.peft["unet"]))
+    text_sd = convert_state_dict_to_diffusers(_attention_only(s.peft["text_encoder"]))
+    s.Pipe.save_lora_weights(file.parent, unet_lora_layers=unet_sd, text_encoder_lora_layers=text_sd)
+    _, ref = _diffusers_outputs(s, file)
+    imp = import_lora(file, s.unet, s.text)
+    outputs = _check("training-script layout (lora.down / lora_linear_layer)", s, file, imp, ref)
+    return SimpleNamespace(file=file, unet_sd=unet_sd, text_sd=text_sd, imp=imp, outputs=outputs,
+                           sd={**{f"unet.{k}": v for k, v in unet_sd.items()},
+                               **{f"text_encoder.{k}": v for k, v in text_sd.items()}})
+
+
+def test_training_script_layout(s, script):
     """diffusers' LoRA training scripts (``train_text_to_image_lora.py``, ``train_dreambooth_lora.py``:
     peft ``target_modules`` to_q/to_k/to_v/to_out.0 and q/k/v/out_proj):
     ``convert_state_dict_to_diffusers(peft sd)`` then ``save_lora_weights`` without metadata:
@@ -231,22 +253,11 @@ def test_training_script_layout(s):
     (scale 1 per module). (``convert_state_dict_to_diffusers`` renames only those projections;
     diffusers 0.42 then reads a file that mixes them with ``lora_A`` keys by its first key only
     and drops the rest: the scripts never write such a file, and this test does not either.)"""
-    from diffusers.utils import convert_state_dict_to_diffusers
-
-    file = s.root / "script" / "pytorch_lora_weights.safetensors"
-    unet_sd = convert_state_dict_to_diffusers(_attention_only(s.peft["unet"]))
-    text_sd = convert_state_dict_to_diffusers(_attention_only(s.peft["text_encoder"]))
-    assert any(k.endswith(".to_q.lora.down.weight") for k in unet_sd)
-    assert any(k.endswith(".q_proj.lora_linear_layer.down.weight") for k in text_sd)
-    s.Pipe.save_lora_weights(file.parent, unet_lora_layers=unet_sd, text_encoder_lora_layers=text_sd)
-    _, ref = _diffusers_outputs(s, file)
-    imp = import_lora(file, s.unet, s.text)
-    assert imp.layout == "diffusers-old"
-    _assert_nondefault(imp.unet, alphas=False)
-    assert all(a == r for r, a in _per_module(imp.unet).values())
-    s.script_sd = {**{f"unet.{k}": v for k, v in unet_sd.items()},
-                   **{f"text_encoder.{k}": v for k, v in text_sd.items()}}
-    s.script_outputs = _check("training-script layout (lora.down / lora_linear_layer)", s, file, imp, ref)
+    assert any(k.endswith(".to_q.lora.down.weight") for k in script.unet_sd)
+    assert any(k.endswith(".q_proj.lora_linear_layer.down.weight") for k in script.text_sd)
+    assert script.imp.layout == "diffusers-old"
+    _assert_nondefault(script.imp.unet, alphas=False)
+    assert all(a == r for r, a in _per_module(script.imp.unet).values())
 
 
 def _attn_procs_key(key: str) -> str:
@@ -261,7 +272,7 @@ def _attn_procs_key(key: str) -> str:
     return key
 
 
-def test_old_attention_processor_layout(s, tmp_path):
+def test_old_attention_processor_layout(s, script, tmp_path):
     """``unet.{attn}.processor.to_q_lora.down.weight`` (+ ``lora.down`` on the other linears, as
     ``LoRACompatibleLinear`` saved them), the text encoder's ``to_q_lora``; and the same UNet
     part without the ``unet.`` prefix (``unet.save_attn_procs``), loaded by
@@ -269,7 +280,7 @@ def test_old_attention_processor_layout(s, tmp_path):
     in diffusers 0.42)."""
     from safetensors.torch import save_file
 
-    sd = {_attn_procs_key(k): v.contiguous() for k, v in s.script_sd.items()}
+    sd = {_attn_procs_key(k): v.contiguous() for k, v in script.sd.items()}
     assert any(".processor.to_out_lora.up.weight" in k for k in sd)
     assert any(".self_attn.to_q_lora.down.weight" in k for k in sd)
     file = tmp_path / "old" / "pytorch_lora_weights.safetensors"
@@ -279,7 +290,7 @@ def test_old_attention_processor_layout(s, tmp_path):
     imp = import_lora(file, s.unet, s.text)
     assert imp.layout == "diffusers-old"
     ours = _check("old diffusers layout (processor.to_q_lora)", s, file, imp, ref)
-    np.testing.assert_array_equal(ours[0], s.script_outputs[0])  # the same LoRA as the script's
+    np.testing.assert_array_equal(ours[0], script.outputs[0])  # the same LoRA as the script's
 
     bare = tmp_path / "bare" / "pytorch_lora_weights.safetensors"
     bare.parent.mkdir()
@@ -315,7 +326,7 @@ def _kohya_alpha(path: str) -> float:
     return 6.0
 
 
-def test_kohya_layout(s, tmp_path):
+def test_kohya_layout(s, script, tmp_path):
     """A kohya/A1111 file (``lora_unet_*``, ``lora_te_text_model_*``, ``.alpha``), written by the
     converter above; its UNet key names are checked against diffusers' own
     ``convert_state_dict_to_kohya``, whose output (alpha = rank, ``lora_te1_``) is loaded too."""
@@ -350,7 +361,7 @@ def test_kohya_layout(s, tmp_path):
     fixed, as_loaded = _diffusers_with_file_scales(s, file2, imp2)
     ours = _check("kohya layout written by diffusers' convert_state_dict_to_kohya (vs diffusers "
                   "with the file's scales)", s, file2, imp2, fixed)
-    np.testing.assert_array_equal(ours[0], s.script_outputs[0])
+    np.testing.assert_array_equal(ours[0], script.outputs[0])
     print(f"  diffusers' own load_lora_weights of that file: UNet max|diff|/std = "
           f"{_rel(ours[0], as_loaded[0]):.2e} (attn2.to_k: rank 2, alpha 2 loaded with alpha 4)")
 
