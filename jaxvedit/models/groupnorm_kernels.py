@@ -52,25 +52,30 @@ def current_implementation() -> str:
     return _GROUPNORM.get()
 
 
-def _grouped(x, groups: int):
-    """``(N, ..., C)`` -> ``(N, M, G, C/G)`` (``M`` the spatial size)."""
+def grouped(x, groups: int):
+    """``(N, ..., C)`` -> ``(N, M, G, C/G)`` (``M`` the spatial size); also ``layers.GroupNorm``'s."""
     c = x.shape[-1]
     return x.reshape(x.shape[0], -1, groups, c // groups)
 
 
+def mean_var(xf, axis, one_pass: bool):
+    """Mean and (biased) variance of ``xf`` over ``axis``, kept dims: two-pass
+    ``mean((x - mean)**2)`` or one-pass ``mean(x**2) - mean**2`` clamped at 0 (the two forms of
+    ``layers.norm_statistics``; also ``layers``' GroupNorm and LayerNorm statistics)."""
+    mean = xf.mean(axis=axis, keepdims=True)
+    if one_pass:
+        return mean, jnp.maximum(jnp.square(xf).mean(axis=axis, keepdims=True) - jnp.square(mean), 0.0)
+    return mean, jnp.square(xf - mean).mean(axis=axis, keepdims=True)
+
+
 def _stats(xg, eps: float, one_pass: bool):
     """Float32 per-(sample, group) mean and rstd, shape ``(N, 1, G, 1)``."""
-    xf = xg.astype(jnp.float32)
-    mean = xf.mean(axis=(1, 3), keepdims=True)
-    if one_pass:
-        var = jnp.maximum(jnp.square(xf).mean(axis=(1, 3), keepdims=True) - jnp.square(mean), 0.0)
-    else:
-        var = jnp.square(xf - mean).mean(axis=(1, 3), keepdims=True)
+    mean, var = mean_var(xg.astype(jnp.float32), (1, 3), one_pass)
     return mean, jax.lax.rsqrt(var + eps)
 
 
 def _forward(x, gamma, beta, groups, eps, silu, one_pass, out_dtype):
-    xg = _grouped(x, groups)
+    xg = grouped(x, groups)
     mean, rstd = _stats(xg, eps, one_pass)
     a = rstd * gamma.astype(jnp.float32).reshape(1, 1, groups, -1)  # (N, 1, G, C/G)
     z = (xg.astype(jnp.float32) - mean) * a + beta.astype(jnp.float32).reshape(1, 1, groups, -1)
@@ -95,10 +100,10 @@ def _fwd(x, gamma, beta, groups, eps, silu, one_pass, out_dtype):
 
 def _bwd(groups, eps, silu, one_pass, out_dtype, res, dy):
     x, mean, rstd, gamma, beta = res
-    xg = _grouped(x, groups)
+    xg = grouped(x, groups)
     xhat = (xg.astype(jnp.float32) - mean) * rstd
     g = gamma.astype(jnp.float32).reshape(1, 1, groups, -1)
-    dz = _grouped(dy, groups).astype(jnp.float32)
+    dz = grouped(dy, groups).astype(jnp.float32)
     if silu:
         z = xhat * g + beta.astype(jnp.float32).reshape(1, 1, groups, -1)
         s = jax.nn.sigmoid(z)

@@ -98,10 +98,7 @@ _norm_stats_mode = _NORM_STATS.get
 
 def _mean_var(xf, axis):
     """Float32 mean and (biased) variance of ``xf`` over ``axis`` (see :func:`norm_statistics`)."""
-    mean = xf.mean(axis=axis, keepdims=True)
-    if _norm_stats_mode() == "one-pass":
-        return mean, jnp.maximum(jnp.square(xf).mean(axis=axis, keepdims=True) - jnp.square(mean), 0.0)
-    return mean, jnp.square(xf - mean).mean(axis=axis, keepdims=True)
+    return _groupnorm_kernels.mean_var(xf, axis, _norm_stats_mode() == "one-pass")
 
 
 class GroupNorm(nnx.Module):
@@ -124,11 +121,9 @@ class GroupNorm(nnx.Module):
             return _groupnorm_kernels.group_norm(
                 x, self.scale.value, self.bias.value, self.num_groups, self.eps, silu,
                 _norm_stats_mode() == "one-pass", jnp.dtype(self.dtype))
-        shape = x.shape
-        c = shape[-1]
-        xf = x.astype(jnp.float32).reshape(shape[0], -1, self.num_groups, c // self.num_groups)
+        xf = _groupnorm_kernels.grouped(x.astype(jnp.float32), self.num_groups)
         mean, var = _mean_var(xf, (1, 3))
-        xf = ((xf - mean) * jax.lax.rsqrt(var + self.eps)).reshape(shape)
+        xf = ((xf - mean) * jax.lax.rsqrt(var + self.eps)).reshape(x.shape)
         out = _tuned_norm(self.path, x, xf)
         if out is None:
             out = xf * self.scale.value.astype(jnp.float32) + self.bias.value.astype(jnp.float32)
@@ -260,11 +255,19 @@ def choose_attention_implementation(requested: str | None, dtype, head_dim: int)
         return "xla"
     if requested in attention_kernels.KERNELS:
         return requested
-    fused_ok = (jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
-                and head_dim % 8 == 0 and head_dim <= 128 and jax.default_backend() == "gpu")
     if requested == "cudnn":
-        return "cudnn" if fused_ok else "xla"
-    return "cudnn" if fused_ok else None
+        return "cudnn" if _cudnn_takes(dtype, head_dim) else "xla"
+    return _default_attention(dtype, head_dim)
+
+
+def _cudnn_takes(dtype, head_dim: int) -> bool:
+    return (jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+            and head_dim % 8 == 0 and head_dim <= 128 and jax.default_backend() == "gpu")
+
+
+def _default_attention(dtype, head_dim: int) -> str | None:
+    """The choice when none is asked for: cuDNN's fused kernel where it applies, else XLA's."""
+    return "cudnn" if _cudnn_takes(dtype, head_dim) else None
 
 
 #: Most score-matrix elements (batch x heads x queries x keys) one XLA attention call may
@@ -326,7 +329,7 @@ def attention(q, k, v, heads: int, implementation: str | None = None, *,
         out = attention_kernels.fused_attention(impl, q, k, v, kv_length=kv_length)
         if out is not None:
             return out.reshape(b, lq, inner)
-        impl = choose_attention_implementation("default", q.dtype, d)
+        impl = _default_attention(q.dtype, d)
     kwargs = {}
     if kv_length is not None:
         kwargs["key_value_seq_lengths"] = jnp.broadcast_to(jnp.asarray(kv_length, jnp.int32), (b,))
