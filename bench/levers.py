@@ -4,8 +4,9 @@
 Each variant is ``bench/train_step.py --impl jax`` in its own process with one change:
 
   baseline            as it is
-  baseline-repeat     the baseline again, in its own process: the run-to-run spread (a lever
-                      that moves the step by less than this is noise)
+  baseline-repeat     the baseline again (its own process; with ``--same-process``, after the
+                      others): the run-to-run spread (a lever that moves the step by less than
+                      this is noise)
   norm-one-pass       GroupNorm / LayerNorm variance as mean(x^2) - mean(x)^2 (one read of x;
                       ``JAXVEDIT_NORM_STATS=one-pass``, ``jaxvedit.models.layers.norm_statistics``)
   no-command-buffers  XLA's CUDA graphs off (``--xla_gpu_enable_command_buffer=``): what they give
@@ -84,16 +85,36 @@ def variant_env(name: str, base: dict, gate: str, mem_fraction: float) -> dict:
     return env
 
 
+def train_step_args(name: str, clips: int, args) -> list[str]:
+    """``bench/train_step.py``'s arguments for variant ``name`` at ``clips`` clips a step."""
+    return ["--impl", "jax", "--clips-per-device", str(clips), "--warmup", str(args.warmup),
+            "--repeats", str(args.repeats), "--inner", str(args.inner), *(["--tiny"] if args.tiny else []),
+            *(["--latent", str(args.latent)] if args.latent else []), *VARIANTS[name][1]]
+
+
+def result_fields(r: dict) -> dict:
+    """The figures of one ``train_step.run_jax`` result that a lever row keeps."""
+    return {"ms_per_step": r["ms_per_step"], "peak_mem_gib": r["peak_mem_gib"],
+            "xla_temp_gib": r.get("xla_temp_gib"), "compile_s": r["compile_s"],
+            "mfu_datasheet": r.get("mfu_datasheet"), "loss": r["loss"]}
+
+
+def with_speedups(rows: list[dict]) -> list[dict]:
+    """``speedup_vs_baseline`` on each timed row, against the ``baseline`` row among ``rows``."""
+    base = next((r for r in rows if r["variant"] == "baseline" and "ms_per_step" in r), None)
+    for r in rows:
+        if base and "ms_per_step" in r:
+            r["speedup_vs_baseline"] = base["ms_per_step"] / r["ms_per_step"]
+    return rows
+
+
 def run_batch(names: list[str], clips: int, args) -> list[dict]:
     """The variants ``names`` at one clip size: compiled side by side, timed one at a time."""
     gate = tempfile.mkdtemp(prefix="jaxvedit-levers-")
     frac = 0.9 / max(1, len(names))
     procs = {}
     for name in names:
-        cmd = [sys.executable, str(HERE / "train_step.py"), "--impl", "jax", "--clips-per-device",
-               str(clips), "--warmup", str(args.warmup), "--repeats", str(args.repeats), "--inner",
-               str(args.inner), *(["--tiny"] if args.tiny else []),
-               *(["--latent", str(args.latent)] if args.latent else []), *VARIANTS[name][1]]
+        cmd = [sys.executable, str(HERE / "train_step.py"), *train_step_args(name, clips, args)]
         procs[name] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                        env=variant_env(name, dict(os.environ), gate, frac))
     t0 = time.perf_counter()
@@ -120,15 +141,9 @@ def run_batch(names: list[str], clips: int, args) -> list[dict]:
             print(f"FAILED {name} at {clips} clip(s) ({proc.returncode}):\n{(err or out)[-1500:]}",
                   file=sys.stderr, flush=True)
         else:
-            r = found[0]
-            row.update(ms_per_step=r["ms_per_step"], peak_mem_gib=r["peak_mem_gib"],
-                       compile_s=r["compile_s"], mfu_datasheet=r.get("mfu_datasheet"), loss=r["loss"])
+            row.update(result_fields(found[0]))
         rows.append(row)
-    base = next((r for r in rows if r["variant"] == "baseline" and "ms_per_step" in r), None)
-    for r in rows:
-        if base and "ms_per_step" in r:
-            r["speedup_vs_baseline"] = base["ms_per_step"] / r["ms_per_step"]
-    return rows
+    return with_speedups(rows)
 
 
 def run_same_process(names: list[str], clips: int, args) -> list[dict]:
@@ -138,22 +153,17 @@ def run_same_process(names: list[str], clips: int, args) -> list[dict]:
     import train_step
     rows = []
     for name in names:
-        changes, extra = VARIANTS[name]
+        changes = VARIANTS[name][0]
         row = {"variant": name, "clips": clips}
         if "XLA_FLAGS" in changes:
             rows.append({**row, "error": "XLA flags need a process of their own (run without --same-process)"})
             continue
-        targs = train_step.parse_args(["--impl", "jax", "--clips-per-device", str(clips), "--warmup",
-                                       str(args.warmup), "--repeats", str(args.repeats), "--inner",
-                                       str(args.inner), *(["--tiny"] if args.tiny else []),
-                                       *(["--latent", str(args.latent)] if args.latent else []), *extra])
+        targs = train_step.parse_args(train_step_args(name, clips, args))
         t0 = time.perf_counter()
         try:
             with mock.patch.dict(os.environ, changes):  # the environment restored afterwards
                 r = train_step.run_jax(targs)
-            row.update(ms_per_step=r["ms_per_step"], peak_mem_gib=r["peak_mem_gib"],
-                       xla_temp_gib=r.get("xla_temp_gib"), compile_s=r["compile_s"],
-                       mfu_datasheet=r.get("mfu_datasheet"), loss=r["loss"])
+            row.update(result_fields(r))
         except Exception as e:  # a lever that fails is a row, not the end of the run
             row["error"] = f"{type(e).__name__}: {str(e)[:400]}"
         finally:
@@ -164,11 +174,7 @@ def run_same_process(names: list[str], clips: int, args) -> list[dict]:
         # every finished row on disk at once: a call cut short keeps what it measured
         write_json("levers_partial_tiny" if args.tiny else "levers_partial",
                    {"rows": rows, "settings": vars(args), "complete": False})
-    base = next((r for r in rows if r["variant"] == "baseline" and "ms_per_step" in r), None)
-    for r in rows:
-        if base and "ms_per_step" in r:
-            r["speedup_vs_baseline"] = base["ms_per_step"] / r["ms_per_step"]
-    return rows
+    return with_speedups(rows)
 
 
 def main(argv=None) -> int:

@@ -37,7 +37,8 @@ def _one_full_size_test_at_a_time(request, tmp_path_factory):
         return
     import fcntl
 
-    # each worker's base temp is <shared>/popen-gwN; without xdist the lock is simply free
+    # each worker's base temp is <shared>/popen-gwN, so the lock lies in the folder they share;
+    # without xdist it lies in the user's pytest folder (other pytest runs of the user share it)
     lock = tmp_path_factory.getbasetemp().parent / "jaxvedit-full-size-tests.lock"
     with open(lock, "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
